@@ -1,0 +1,1 @@
+"""Pure PyTorch/numpy core of zoa_ros. Nothing under this package imports rclpy."""

@@ -1,0 +1,13 @@
+"""Post-training fake quantization (WxAy) of timm classifiers."""
+
+from zoa_ros.core.quant.model import (
+    PRESETS,
+    QuantConfig,
+    calibrate,
+    load_quant_state,
+    quant_state,
+    quantize_model,
+)
+
+__all__ = ["PRESETS", "QuantConfig", "calibrate", "load_quant_state", "quant_state",
+           "quantize_model"]
