@@ -52,6 +52,11 @@ class ModelPack:
     calibration: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Keep the JSON-borne fields in their JSON form so a loaded pack compares equal.
+        for name in ("data_config", "calibration", "versions", "tap_names", "tap_sizes"):
+            setattr(self, name, json.loads(json.dumps(getattr(self, name))))
+
     # ---- identity -------------------------------------------------------------------------
     def metadata(self) -> dict:
         return {

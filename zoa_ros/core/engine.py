@@ -1,0 +1,470 @@
+"""The runtime every front end drives (ROS node, bag replay, offline evaluator).
+
+It owns one quantized model, its preprocessing and one adaptation method, and does four things:
+classify frames, buffer them, decide when to adapt, and count what that costs.
+
+Modes (``EngineConfig.mode``):
+
+* ``"batch"`` - the paper's protocol: :meth:`Engine.run_batch` classifies a batch and then takes
+  one adaptation step on that same batch (``method.forward_and_adapt``).
+* ``"streaming"`` - the robot's reality: :meth:`Engine.predict` classifies frames as they arrive
+  (``method.predict``), ``observe=True`` (or :meth:`Engine.observe`) keeps their preprocessed
+  tensors in a buffer, and :meth:`Engine.maybe_adapt` takes one step on the buffer once
+  ``interval_frames`` new frames arrived (frame count, not wall time) and at least
+  ``min_period_s`` passed on the injected clock (so ROS sim time works).
+
+Threads: :meth:`predict` may run on one thread while :meth:`maybe_adapt` runs on another. The
+engine's own lock only guards counters and the buffer (never a forward pass); adaptation steps,
+resets and bank loads are serialised by a second lock that :meth:`predict` never takes. The
+method is responsible for publishing its new parameters with one atomic swap.
+
+Randomness comes from one ``torch.Generator`` seeded from the config (handed to the method and
+used for buffer sampling); the device comes from the config; nothing here imports rclpy.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoa_ros.core.adapt.base import AdaptMethod
+from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.prediction import ClassScore, top_k
+from zoa_ros.core.preprocess import Preprocessor, to_pil
+from zoa_ros.core.quant.model import first_conv_name
+
+MODES = ("batch", "streaming")
+
+Frames = torch.Tensor | np.ndarray | Sequence[np.ndarray]
+MethodFactory = Callable[[str, nn.Module, ModelPack, dict, torch.Generator], AdaptMethod]
+
+
+class MalformedFrame(ValueError):
+    """A frame that cannot be classified (wrong dtype or shape); counted in the stats."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs; every field has a safe default."""
+
+    method: str = "none"
+    method_config: Mapping = field(default_factory=dict)
+    seed: int = 0
+    mode: str = "streaming"
+    batch_size: int = 64              # frames per adaptation step
+    interval_frames: int | None = None  # adapt after this many new frames (default batch_size)
+    buffer_size: int | None = None    # frames kept for adaptation (default batch_size)
+    min_frames: int = 16              # refuse to adapt on fewer frames (counted as skipped)
+    min_period_s: float = 0.0         # at least this long between steps, on the engine clock
+    stride: int = 1                   # buffer every stride-th observed frame
+    shuffle: bool = False             # adapt on a random subset of the buffer, else the newest
+    top_k: int = 5
+    device: str = "cpu"
+    warmup: bool = True               # one throw-away forward before the method is created
+    adapt_enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("batch_size", "min_frames", "stride", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.interval_frames is not None and self.interval_frames < 1:
+            raise ValueError(f"interval_frames must be >= 1, got {self.interval_frames}")
+        if self.buffer_size is not None and self.buffer_size < self.batch_size:
+            raise ValueError(f"buffer_size ({self.buffer_size}) must be >= batch_size "
+                             f"({self.batch_size})")
+        if self.min_period_s < 0:
+            raise ValueError(f"min_period_s must be >= 0, got {self.min_period_s}")
+
+    @property
+    def interval(self) -> int:
+        return self.interval_frames or self.batch_size
+
+    @property
+    def capacity(self) -> int:
+        return self.buffer_size or self.batch_size
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["method_config"] = dict(self.method_config)
+        return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One frame's result: top-k classes, the call's latency, the domain and the step count."""
+
+    top: list[ClassScore]
+    latency_ms: float
+    domain_id: int | None
+    adapt_steps: int   # adaptation steps whose parameters produced this prediction
+
+    @property
+    def class_index(self) -> int:
+        return self.top[0].class_index
+
+    @property
+    def label(self) -> str:
+        return self.top[0].label
+
+    @property
+    def score(self) -> float:
+        return self.top[0].score
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AdaptReport:
+    """What one adaptation step did."""
+
+    step: int
+    frames: int
+    ms: float
+    domain_id: int | None
+    domain_changed: bool
+    bank_entries: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    frames: int                 # frames classified
+    frames_observed: int        # frames offered to the adaptation buffer
+    frames_adapted: int         # frames used by adaptation steps
+    buffered: int               # frames waiting in the buffer now
+    buffer_dropped: int         # buffered frames pushed out before they were adapted on
+    adapt_steps: int
+    adapt_skipped: int          # adaptation due, but fewer than min_frames buffered
+    adapt_deferred: int         # adaptation due, but min_period_s not yet over
+    forward_passes: int         # full-model passes as the method counts them (a batch = 1)
+    backward_passes: int
+    samples_forwarded: int      # frames pushed through the network's stem, all passes together
+    forward_per_frame: float    # samples_forwarded / frames
+    domain_changes: int
+    domain_id: int | None
+    bank_entries: int
+    bank_bytes: int
+    last_step_ms: float
+    mean_step_ms: float
+    mean_predict_ms: float      # per predict()/run_batch() call
+    malformed: int
+    resets: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def create_method(name: str, model: nn.Module, pack: ModelPack, config: dict,
+                  generator: torch.Generator) -> AdaptMethod:
+    """The registry's method ``name`` (imported lazily: the registry imports every method)."""
+    from zoa_ros.core.adapt import registry
+    return registry.create(name, model, pack, config, generator)
+
+
+class Engine:
+    """Classify, buffer, adapt, count. See the module docstring for modes and threading."""
+
+    def __init__(self, pack: ModelPack, config: EngineConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 method_factory: MethodFactory | None = None, **options: object) -> None:
+        config = replace(config or EngineConfig(), **options)  # type: ignore[arg-type]
+        self.config = config
+        self.pack = pack
+        self.clock = clock
+        self.device = torch.device(config.device)
+        self.preprocessor = Preprocessor(pack.data_config)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        model = pack.build_model().to(self.device)
+        if config.warmup:
+            with torch.no_grad():
+                model(torch.zeros(1, *self.preprocessor.input_size, device=self.device))
+        self.model = model
+        factory = method_factory or create_method
+        self.method = factory(config.method, model, pack, dict(config.method_config),
+                              self.generator)
+        self._lock = threading.Lock()        # counters and buffer only; held for microseconds
+        self._adapt_lock = threading.Lock()  # one adaptation step / reset / bank load at a time
+        self._buffer: collections.deque[torch.Tensor] = collections.deque()
+        self._since_adapt = 0
+        self._last_adapt_at: float | None = None
+        self._deferred_pending = False
+        self._enabled = config.adapt_enabled
+        self._counts = collections.Counter()
+        self._last_step_ms = 0.0
+        self._step_ms_total = 0.0
+        self._predict_ms_total = 0.0
+        self._stem = model.get_submodule(first_conv_name(model))
+        self._stem_hook = self._stem.register_forward_pre_hook(self._count_samples)
+
+    @classmethod
+    def from_pack_file(cls, path: str | Path, **options: object) -> Engine:
+        return cls(ModelPack.load(path), **options)
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def labels(self) -> list[str]:
+        return self.pack.labels
+
+    @property
+    def domain_id(self) -> int | None:
+        value = getattr(self.method, "domain_id", None)
+        return None if value is None else int(value)
+
+    @property
+    def domain_changes(self) -> int:
+        return int(getattr(self.method, "domain_changes", 0) or 0)
+
+    @property
+    def adapt_enabled(self) -> bool:
+        return self._enabled
+
+    def set_adaptation(self, enabled: bool) -> None:
+        """Switch adaptation on or off; while off, frames are classified but not buffered."""
+        with self._lock:
+            self._enabled = bool(enabled)
+            if not enabled:
+                self._buffer.clear()
+                self._since_adapt = 0
+
+    # ---- input --------------------------------------------------------------------------------
+    def preprocess(self, frames: Frames) -> torch.Tensor:
+        """A normalized NCHW batch on the engine's device.
+
+        ``frames``: a float tensor (NCHW or CHW, already normalized), one uint8 HxWx3 / HxW
+        array, or a sequence of them (resized and center-cropped by the pack's preprocessing).
+        """
+        if isinstance(frames, torch.Tensor):
+            x = frames.unsqueeze(0) if frames.dim() == 3 else frames
+            if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+                self.note_malformed(1)
+                raise MalformedFrame(f"expected a float N x 3 x H x W tensor, got "
+                                     f"{x.dtype} {tuple(x.shape)}")
+            return x.to(self.device)
+        if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and frames.dtype == np.uint8:
+            frames = [frames]
+        images = []
+        for frame in frames:
+            try:
+                images.append(to_pil(frame))
+            except (ValueError, TypeError) as e:
+                self.note_malformed(1)
+                raise MalformedFrame(str(e)) from e
+        if not images:
+            raise MalformedFrame("no frames given")
+        return self.preprocessor(images).to(self.device)
+
+    def preprocess_crops(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Normalize uint8 crops that are already at the model's input size (no resize)."""
+        return self.preprocessor.normalize(crops).to(self.device)
+
+    def note_malformed(self, count: int = 1) -> None:
+        """Count frames the caller could not even convert (e.g. an unsupported encoding)."""
+        with self._lock:
+            self._counts["malformed"] += count
+
+    # ---- streaming ----------------------------------------------------------------------------
+    def predict(self, frames: Frames, *, observe: bool = False) -> list[Prediction]:
+        """Classify with the current parameters; with ``observe`` also buffer the frames."""
+        x = self.preprocess(frames)
+        steps = self._counts["adapt_steps"]
+        start = time.perf_counter()
+        with torch.no_grad():
+            logits = self.method.predict(x)
+        results = top_k(logits, self.pack.labels, self.config.top_k)
+        ms = (time.perf_counter() - start) * 1e3
+        domain = self.domain_id
+        with self._lock:
+            self._counts["frames"] += len(x)
+            self._counts["predict_calls"] += 1
+            self._predict_ms_total += ms
+        if observe:
+            self.observe(x)
+        return [Prediction(r, ms, domain, steps) for r in results]
+
+    def observe(self, frames: Frames) -> None:
+        """Offer classified frames to the adaptation buffer (a no-op while adaptation is off)."""
+        x = self.preprocess(frames)
+        with self._lock:
+            if not self._enabled:
+                return
+            for frame in x:
+                seen = self._counts["frames_observed"]
+                self._counts["frames_observed"] += 1
+                self._since_adapt += 1
+                if seen % self.config.stride:
+                    continue
+                if len(self._buffer) >= self.config.capacity:
+                    self._buffer.popleft()
+                    self._counts["buffer_dropped"] += 1
+                self._buffer.append(frame.detach().clone() if len(x) > 1 else frame.detach())
+
+    def maybe_adapt(self, *, force: bool = False) -> AdaptReport | None:
+        """One adaptation step on the buffer if one is due; ``None`` otherwise.
+
+        Due = ``interval_frames`` frames observed since the last step (or ``force``) and
+        ``min_period_s`` passed since the last step (ignored with ``force``). Fewer than
+        ``min_frames`` buffered: the step is skipped and counted, the frames stay buffered.
+        Returns ``None`` at once if another thread is adapting.
+        """
+        if not self._adapt_lock.acquire(blocking=False):
+            return None
+        try:
+            batch = self._take_batch(force)
+            if batch is None:
+                return None
+            x = torch.stack(batch)
+            before = self.domain_changes
+            start = time.perf_counter()
+            self.method.adapt(x)
+            ms = (time.perf_counter() - start) * 1e3
+            return self._finish_step(len(x), ms, before)
+        finally:
+            self._adapt_lock.release()
+
+    def _take_batch(self, force: bool) -> list[torch.Tensor] | None:
+        with self._lock:
+            if not self._enabled or (self._since_adapt < self.config.interval and not force):
+                return None
+            now = self.clock()
+            if (not force and self._last_adapt_at is not None
+                    and now - self._last_adapt_at < self.config.min_period_s):
+                if not self._deferred_pending:
+                    self._counts["adapt_deferred"] += 1
+                    self._deferred_pending = True
+                return None
+            self._deferred_pending = False
+            self._since_adapt = 0
+            if len(self._buffer) < self.config.min_frames:
+                self._counts["adapt_skipped"] += 1
+                return None
+            self._last_adapt_at = now
+            frames = list(self._buffer)
+            count = min(self.config.batch_size, len(frames))
+            if self.config.shuffle:
+                picked = torch.randperm(len(frames), generator=self.generator,
+                                        device=self.generator.device)[:count]
+                keep = set(picked.tolist())
+            else:
+                keep = set(range(len(frames) - count, len(frames)))
+            batch = [f for i, f in enumerate(frames) if i in keep]
+            self._buffer = collections.deque(f for i, f in enumerate(frames) if i not in keep)
+            return batch
+
+    def _finish_step(self, frames: int, ms: float, changes_before: int) -> AdaptReport:
+        bank = self.method.bank_summary()
+        with self._lock:
+            self._counts["adapt_steps"] += 1
+            self._counts["frames_adapted"] += frames
+            self._last_step_ms = ms
+            self._step_ms_total += ms
+            step = self._counts["adapt_steps"]
+        return AdaptReport(step, frames, ms, self.domain_id,
+                           self.domain_changes != changes_before, int(bank.get("entries", 0)))
+
+    # ---- either mode --------------------------------------------------------------------------
+    def process(self, frames: Frames) -> list[Prediction]:
+        """One call per arriving batch, in the configured mode: ``run_batch`` in batch mode;
+        in streaming mode classify + buffer, then adapt inline if a step is due (a front end
+        with an adaptation thread calls ``predict(observe=True)`` and ``maybe_adapt`` instead).
+        """
+        if self.mode == "batch":
+            return self.run_batch(frames)
+        results = self.predict(frames, observe=True)
+        self.maybe_adapt()
+        return results
+
+    # ---- batch --------------------------------------------------------------------------------
+    def run_batch(self, frames: Frames) -> list[Prediction]:
+        """Batch protocol: classify ``frames``, then take one step on them.
+
+        A batch smaller than ``min_frames`` (or adaptation switched off) is only classified and
+        the skipped step counted. The predictions come from the parameters before the step.
+        """
+        x = self.preprocess(frames)
+        if not self._enabled or len(x) < self.config.min_frames:
+            if self._enabled:
+                with self._lock:
+                    self._counts["adapt_skipped"] += 1
+            return self.predict(x)
+        with self._adapt_lock:
+            steps = self._counts["adapt_steps"]
+            before = self.domain_changes
+            start = time.perf_counter()
+            logits = self.method.forward_and_adapt(x)
+            results = top_k(logits, self.pack.labels, self.config.top_k)
+            ms = (time.perf_counter() - start) * 1e3
+            with self._lock:
+                self._counts["frames"] += len(x)
+                self._counts["predict_calls"] += 1
+                self._predict_ms_total += ms
+            self._finish_step(len(x), ms, before)
+            domain = self.domain_id
+        return [Prediction(r, ms, domain, steps) for r in results]
+
+    # ---- state --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the source model; drops the buffer. Counters keep running."""
+        with self._adapt_lock:
+            self.method.reset()
+            with self._lock:
+                self._buffer.clear()
+                self._since_adapt = 0
+                self._last_adapt_at = None
+                self._deferred_pending = False
+                self._counts["resets"] += 1
+
+    def save_bank(self, path: str | Path) -> None:
+        """Write the method's knowledge bank (atomically) to ``path``."""
+        from zoa_ros.core import bank_file
+        with self._adapt_lock:
+            bank_file.save(path, self.method, self.pack)
+
+    def load_bank(self, path: str | Path) -> None:
+        """Load a knowledge bank; a bank for another pack is refused and nothing changes."""
+        from zoa_ros.core import bank_file
+        with self._adapt_lock:
+            bank_file.load(path, self.method, self.pack)
+
+    def stats(self) -> EngineStats:
+        costs = self.method.costs
+        bank = self.method.bank_summary()
+        with self._lock:
+            c = self._counts
+            frames, steps, calls = c["frames"], c["adapt_steps"], c["predict_calls"]
+            return EngineStats(
+                frames=frames, frames_observed=c["frames_observed"],
+                frames_adapted=c["frames_adapted"], buffered=len(self._buffer),
+                buffer_dropped=c["buffer_dropped"], adapt_steps=steps,
+                adapt_skipped=c["adapt_skipped"], adapt_deferred=c["adapt_deferred"],
+                forward_passes=costs.forward_passes, backward_passes=costs.backward_passes,
+                samples_forwarded=c["samples_forwarded"],
+                forward_per_frame=c["samples_forwarded"] / frames if frames else 0.0,
+                domain_changes=self.domain_changes, domain_id=self.domain_id,
+                bank_entries=int(bank.get("entries", 0)), bank_bytes=int(bank.get("bytes", 0)),
+                last_step_ms=self._last_step_ms,
+                mean_step_ms=self._step_ms_total / steps if steps else 0.0,
+                mean_predict_ms=self._predict_ms_total / calls if calls else 0.0,
+                malformed=c["malformed"], resets=c["resets"])
+
+    def close(self) -> None:
+        """Remove the engine's hook from the model."""
+        self._stem_hook.remove()
+
+    def _count_samples(self, _module: nn.Module, inputs: tuple) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            with self._lock:
+                self._counts["samples_forwarded"] += int(inputs[0].shape[0])

@@ -1,0 +1,56 @@
+"""``zoa-ros classify``: classify image files with a model pack (no adaptation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from zoa_ros.core.images import find_images, read_rgb
+from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.prediction import as_dicts, top_k
+from zoa_ros.core.preprocess import Preprocessor
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="classify images with a model pack", description=__doc__)
+    p.add_argument("--pack", required=True, help="model pack file")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    pack = ModelPack.load(args.pack)
+    model = pack.build_model()
+    pre = Preprocessor(pack.data_config)
+    paths = [p for item in args.images for p in find_images(item)]
+    failures = 0
+    with torch.no_grad():
+        model(torch.zeros(1, *pre.input_size))  # warm-up: the first call is several times slower
+        for path in paths:
+            try:
+                image = read_rgb(path)
+            except ValueError as e:
+                failures += 1
+                print(json.dumps({"path": str(path), "error": str(e)}) if args.json
+                      else f"{path}: skipped: {e}")
+                continue
+            start = time.perf_counter()
+            logits = model(pre([image]))
+            ms = (time.perf_counter() - start) * 1e3
+            _print(Path(path), top_k(logits, pack.labels, args.top_k)[0], ms, args.json)
+    return 1 if failures == len(paths) else 0
+
+
+def _print(path: Path, results: list, ms: float, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"path": str(path), "top5": as_dicts(results), "ms": round(ms, 3)}))
+        return
+    print(f"{path}  ({ms:.1f} ms)")
+    for r in results:
+        print(f"  {r.score:6.1%}  {r.class_index:4d}  {r.label}")

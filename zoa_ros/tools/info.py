@@ -1,0 +1,19 @@
+"""``zoa-ros info``: what is in a model pack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from zoa_ros.core.pack import ModelPack
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show what is in a model pack", description=__doc__)
+    p.add_argument("pack", help="model pack file")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(json.dumps(ModelPack.load(args.pack).summary(), indent=2))
+    return 0
