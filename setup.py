@@ -29,6 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "zoa-ros = zoa_ros.tools.cli:main",
+            "zoa_node = zoa_ros.ros.node:main",
         ],
     },
 )

@@ -74,6 +74,7 @@ class StandInNone(AdaptMethod):
         super().__init__(model, pack, config, generator)
         self.delay_s = float(config.get("delay_s", 0.0))
         self.adapted: list[torch.Tensor] = []   # every batch adapt() saw
+        self.cached: list[object] = []          # and the records it was given
         self.resets = 0
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,13 +84,17 @@ class StandInNone(AdaptMethod):
         self.costs.frames_predicted += len(x)
         return logits
 
+    def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return self.predict(x), ("record", len(x))
+
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.predict(x)
         self.adapt(x)
         return logits
 
-    def adapt(self, x: torch.Tensor) -> None:
+    def adapt(self, x: torch.Tensor, cached: object | None = None) -> None:
         self.adapted.append(x)
+        self.cached.append(cached)
         if self.delay_s:
             _time.sleep(self.delay_s)
         self.costs.adapt_steps += 1
@@ -110,32 +115,37 @@ class StandInShift(StandInNone):
         super().__init__(model, pack, config, generator)
         self.shift = torch.zeros(len(pack.labels))
         self.lr = float(config.get("lr", 0.5))
-        self.domain_changes = 0
-        self.domain_id = 0
+        self._changes = 0
         self._swap = _threading.Lock()
+
+    @property
+    def domain_changes(self) -> int:
+        return self._changes
+
+    @property
+    def domain_id(self) -> int:
+        return self._changes
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return super().predict(x) + self.shift
 
-    def adapt(self, x: torch.Tensor) -> None:
+    def adapt(self, x: torch.Tensor, cached: object | None = None) -> None:
         logits = self.predict(x)
         z = torch.randn(self.shift.shape, generator=self.generator)
         loss0, loss1 = _entropy(logits), _entropy(logits + 0.1 * z)
         new = self.shift - self.lr * (loss1 - loss0) / (0.1 * z)
         with self._swap:
             self.shift = new.clamp(-5, 5)
-        super().adapt(x)
+        super().adapt(x, cached)
         if self.costs.adapt_steps % 2 == 0:
-            self.domain_changes += 1
-            self.domain_id = self.domain_changes
+            self._changes += 1
 
     def reset(self) -> None:
         super().reset()
         self.shift = torch.zeros_like(self.shift)
 
     def bank_summary(self) -> dict:
-        return {"entries": self.domain_changes, "bytes": 4 * self.shift.numel()
-                * self.domain_changes}
+        return {"entries": self._changes, "bytes": 4 * self.shift.numel() * self._changes}
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -156,3 +166,113 @@ def stand_in_factory(name, model, pack, config, generator) -> AdaptMethod:
 def stand_in_methods():
     """The factory signature of ``registry.create``, serving the stand-ins above."""
     return stand_in_factory
+
+
+# ---- ZOA method tests: packs of tiny models with non-degenerate norm layers ------------------
+# timm's random init zero-initialises the last BN of every residual block (the adapted layers
+# then have no effect on the output), so the ZOA tests use checkpoints whose norm affines are
+# randomised. Calibration searches 11 instead of 101 clipping ratios: the tests check ZOA's
+# mathematics, not quantization quality, and the full search costs ~20 s per model here.
+
+
+@pytest.fixture(scope="session")
+def zoa_pack(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``zoa_pack(model, quant="w8a8") -> ModelPack`` (cached for the session)."""
+    from safetensors.torch import save_file
+
+    import zoa_ros.core.quant.fake_quant as fake_quant
+    from zoa_ros.core.models import build_model
+
+    cache: dict[tuple[str, str], ModelPack] = {}
+    folder = tmp_path_factory.mktemp("zoa_packs")
+
+    def make(model: str = "test_vit", quant: str = "w8a8") -> ModelPack:
+        if (model, quant) not in cache:
+            net = build_model(ModelSpec(model, seed=1))
+            gen = torch.Generator().manual_seed(2)
+            with torch.no_grad():
+                for m in net.modules():
+                    if isinstance(m, torch.nn.LayerNorm | torch.nn.BatchNorm2d):
+                        m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+            weights = folder / f"{model}.safetensors"
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(fake_quant, "SEARCH_RATIOS", torch.linspace(0.01, 1.2, 11))
+                cache[(model, quant)] = build_pack(
+                    ModelSpec(model, weights=str(weights)), QuantConfig.parse(quant),
+                    find_images(photo_dir), num_images=4, num_stats_images=16,
+                    stats_batch_size=16, progress=False)
+        return cache[(model, quant)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def zoa_images(photo_dir: Path):
+    """``zoa_images(pack, n, seed=0, size=None) -> tensor``: ``n`` random crops of the photos,
+    preprocessed for ``pack`` (at ``size`` x ``size`` instead of the model's input if given)."""
+    from zoa_ros.core.images import read_rgb
+    from zoa_ros.core.preprocess import Preprocessor
+
+    photos = [read_rgb(p) for p in find_images(photo_dir)]
+
+    def make(pack: ModelPack, n: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
+        data_config = dict(pack.data_config)
+        if size is not None:
+            data_config["input_size"] = (3, size, size)
+        pre = Preprocessor(data_config)
+        rng = np.random.default_rng(seed)
+        crops = []
+        for _ in range(n):
+            image = photos[rng.integers(len(photos))]
+            h, w = image.shape[:2]
+            side = int(min(h, w) * rng.uniform(0.4, 1.0))
+            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            crops.append(image[top:top + side, left:left + side])
+        return pre(crops)
+
+    return make
+
+
+# ---- baseline method tests (norm, t3a, tent, foa) --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shifted_batches(zoa_images):
+    """``shifted_batches(pack, n, batch=16, seed=0, size=None, noise=0.5) -> [tensor]``: ``n``
+    batches of photo crops with seeded Gaussian noise (a toy domain shift), in input space."""
+
+    def make(pack: ModelPack, n: int, batch: int = 16, seed: int = 0, size: int | None = None,
+             noise: float = 0.5) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(1000 + seed)
+        out = []
+        for i in range(n):
+            x = zoa_images(pack, batch, seed=100 * seed + i, size=size)
+            out.append(x + noise * torch.randn(x.shape, generator=gen))
+        return out
+
+    return make
+
+
+class StemCounter:
+    """Counts full forward passes: calls of the model's stem conv / patch embedding."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from zoa_ros.core.quant.model import first_conv_name
+        self.calls = 0
+        stem = model.get_submodule(first_conv_name(model))
+        self._handle = stem.register_forward_hook(self._hit)
+
+    def _hit(self, *_: object) -> None:
+        self.calls += 1
+
+    def take(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls
+
+
+@pytest.fixture
+def stem_counter():
+    """``stem_counter(model) -> StemCounter`` (``take()`` returns and clears the count)."""
+    return StemCounter

@@ -18,8 +18,9 @@ engine's own lock only guards counters and the buffer (never a forward pass); ad
 resets and bank loads are serialised by a second lock that :meth:`predict` never takes. The
 method is responsible for publishing its new parameters with one atomic swap.
 
-Randomness comes from one ``torch.Generator`` seeded from the config (handed to the method and
-used for buffer sampling); the device comes from the config; nothing here imports rclpy.
+Randomness comes from one CPU ``torch.Generator`` seeded from the config (handed to the method
+and used for buffer sampling), so a seed draws the same numbers on any device; the device comes
+from the config; nothing here imports rclpy.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class AdaptReport:
     domain_id: int | None
     domain_changed: bool
     bank_entries: int
+    info: object | None = None   # what the method's adapt() returned (ZOA: its StepInfo)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,41 @@ class EngineStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Buffered:
+    """A buffered frame and the forward record of the predict call (``group``) it came from;
+    it was frame ``index`` of ``size``."""
+
+    frame: torch.Tensor
+    record: object | None
+    group: int
+    index: int
+    size: int
+
+
+def _records(batch: Sequence[_Buffered]) -> list[object] | None:
+    """The predict records covering exactly ``batch``, in order, or ``None`` when some frame
+    has none or only part of a multi-frame predict call was taken."""
+    records, i = [], 0
+    while i < len(batch):
+        first = batch[i]
+        group = batch[i:i + first.size]
+        if (first.record is None or first.index != 0 or len(group) != first.size
+                or any(b.group != first.group or b.index != k for k, b in enumerate(group))):
+            return None
+        records.append(first.record)
+        i += first.size
+    return records
+
+
+def _stem(model: nn.Module) -> nn.Module:
+    """The module every full forward pass starts with (counted to get frames per pass)."""
+    try:
+        return model.get_submodule(first_conv_name(model))
+    except (ValueError, AttributeError):
+        return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
 def create_method(name: str, model: nn.Module, pack: ModelPack, config: dict,
                   generator: torch.Generator) -> AdaptMethod:
     """The registry's method ``name`` (imported lazily: the registry imports every method)."""
@@ -183,7 +220,8 @@ class Engine:
         self.clock = clock
         self.device = torch.device(config.device)
         self.preprocessor = Preprocessor(pack.data_config)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        # On the CPU whatever the device: the same seed draws the same numbers on CPU and GPU.
+        self.generator = torch.Generator().manual_seed(config.seed)
         model = pack.build_model().to(self.device)
         if config.warmup:
             with torch.no_grad():
@@ -194,7 +232,7 @@ class Engine:
                               self.generator)
         self._lock = threading.Lock()        # counters and buffer only; held for microseconds
         self._adapt_lock = threading.Lock()  # one adaptation step / reset / bank load at a time
-        self._buffer: collections.deque[torch.Tensor] = collections.deque()
+        self._buffer: collections.deque[_Buffered] = collections.deque()
         self._since_adapt = 0
         self._last_adapt_at: float | None = None
         self._deferred_pending = False
@@ -203,8 +241,7 @@ class Engine:
         self._last_step_ms = 0.0
         self._step_ms_total = 0.0
         self._predict_ms_total = 0.0
-        self._stem = model.get_submodule(first_conv_name(model))
-        self._stem_hook = self._stem.register_forward_pre_hook(self._count_samples)
+        self._stem_hook = _stem(model).register_forward_pre_hook(self._count_samples)
 
     @classmethod
     def from_pack_file(cls, path: str | Path, **options: object) -> Engine:
@@ -278,13 +315,17 @@ class Engine:
 
     # ---- streaming ----------------------------------------------------------------------------
     def predict(self, frames: Frames, *, observe: bool = False) -> list[Prediction]:
-        """Classify with the current parameters; with ``observe`` also buffer the frames."""
+        """Classify with the current parameters; with ``observe`` also buffer the frames, with
+        the method's record of this forward pass so the adaptation step may reuse it."""
         x = self.preprocess(frames)
         steps = self._counts["adapt_steps"]
         start = time.perf_counter()
         with torch.no_grad():
-            logits = self.method.predict(x)
-        results = top_k(logits, self.pack.labels, self.config.top_k)
+            if observe:
+                logits, record = self.method.predict_with_record(x)
+            else:
+                logits, record = self.method.predict(x), None
+        results = top_k(logits.cpu(), self.pack.labels, self.config.top_k)
         ms = (time.perf_counter() - start) * 1e3
         domain = self.domain_id
         with self._lock:
@@ -292,16 +333,21 @@ class Engine:
             self._counts["predict_calls"] += 1
             self._predict_ms_total += ms
         if observe:
-            self.observe(x)
+            self.observe(x, record)
         return [Prediction(r, ms, domain, steps) for r in results]
 
-    def observe(self, frames: Frames) -> None:
-        """Offer classified frames to the adaptation buffer (a no-op while adaptation is off)."""
+    def observe(self, frames: Frames, record: object | None = None) -> None:
+        """Offer classified frames to the adaptation buffer (a no-op while adaptation is off).
+
+        ``record``: what ``method.predict_with_record`` returned for exactly these frames.
+        """
         x = self.preprocess(frames)
         with self._lock:
             if not self._enabled:
                 return
-            for frame in x:
+            self._counts["observe_calls"] += 1
+            group = self._counts["observe_calls"]
+            for i, frame in enumerate(x):
                 seen = self._counts["frames_observed"]
                 self._counts["frames_observed"] += 1
                 self._since_adapt += 1
@@ -310,7 +356,8 @@ class Engine:
                 if len(self._buffer) >= self.config.capacity:
                     self._buffer.popleft()
                     self._counts["buffer_dropped"] += 1
-                self._buffer.append(frame.detach().clone() if len(x) > 1 else frame.detach())
+                frame = frame.detach().clone() if len(x) > 1 else frame.detach()
+                self._buffer.append(_Buffered(frame, record, group, i, len(x)))
 
     def maybe_adapt(self, *, force: bool = False) -> AdaptReport | None:
         """One adaptation step on the buffer if one is due; ``None`` otherwise.
@@ -326,16 +373,16 @@ class Engine:
             batch = self._take_batch(force)
             if batch is None:
                 return None
-            x = torch.stack(batch)
+            x = torch.stack([b.frame for b in batch])
             before = self.domain_changes
             start = time.perf_counter()
-            self.method.adapt(x)
+            info = self.method.adapt(x, _records(batch))
             ms = (time.perf_counter() - start) * 1e3
-            return self._finish_step(len(x), ms, before)
+            return self._finish_step(len(x), ms, before, info)
         finally:
             self._adapt_lock.release()
 
-    def _take_batch(self, force: bool) -> list[torch.Tensor] | None:
+    def _take_batch(self, force: bool) -> list[_Buffered] | None:
         with self._lock:
             if not self._enabled or (self._since_adapt < self.config.interval and not force):
                 return None
@@ -364,7 +411,8 @@ class Engine:
             self._buffer = collections.deque(f for i, f in enumerate(frames) if i not in keep)
             return batch
 
-    def _finish_step(self, frames: int, ms: float, changes_before: int) -> AdaptReport:
+    def _finish_step(self, frames: int, ms: float, changes_before: int,
+                     info: object | None = None) -> AdaptReport:
         bank = self.method.bank_summary()
         with self._lock:
             self._counts["adapt_steps"] += 1
@@ -373,7 +421,8 @@ class Engine:
             self._step_ms_total += ms
             step = self._counts["adapt_steps"]
         return AdaptReport(step, frames, ms, self.domain_id,
-                           self.domain_changes != changes_before, int(bank.get("entries", 0)))
+                           self.domain_changes != changes_before, int(bank.get("entries", 0)),
+                           info)
 
     # ---- either mode --------------------------------------------------------------------------
     def process(self, frames: Frames) -> list[Prediction]:
@@ -405,7 +454,7 @@ class Engine:
             before = self.domain_changes
             start = time.perf_counter()
             logits = self.method.forward_and_adapt(x)
-            results = top_k(logits, self.pack.labels, self.config.top_k)
+            results = top_k(logits.cpu(), self.pack.labels, self.config.top_k)
             ms = (time.perf_counter() - start) * 1e3
             with self._lock:
                 self._counts["frames"] += len(x)
@@ -427,17 +476,19 @@ class Engine:
                 self._deferred_pending = False
                 self._counts["resets"] += 1
 
-    def save_bank(self, path: str | Path) -> None:
-        """Write the method's knowledge bank (atomically) to ``path``."""
+    def save_bank(self, path: str | Path, provenance: dict[str, str] | None = None) -> None:
+        """Write the method's knowledge bank to ``path`` (atomically; the old file survives a
+        failure). Methods without a bank raise ``BankError`` (a ``ValueError``)."""
         from zoa_ros.core import bank_file
         with self._adapt_lock:
-            bank_file.save(path, self.method, self.pack)
+            bank_file.save(path, self.method, self.pack, provenance)
 
-    def load_bank(self, path: str | Path) -> None:
-        """Load a knowledge bank; a bank for another pack is refused and nothing changes."""
+    def load_bank(self, path: str | Path) -> dict:
+        """Load a knowledge bank and return its metadata. A bank for another pack or layout,
+        or a damaged file, raises ``BankError`` and leaves the running bank untouched."""
         from zoa_ros.core import bank_file
         with self._adapt_lock:
-            bank_file.load(path, self.method, self.pack)
+            return bank_file.load(path, self.method, self.pack)
 
     def stats(self) -> EngineStats:
         costs = self.method.costs

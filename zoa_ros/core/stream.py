@@ -110,14 +110,22 @@ def _corrupt_chunk(positions: list[int], name: str, severity: int, seeds: list[i
     return [corrupt(_WORKER_CROPS[p], name, severity, seed) for p, seed in zip(positions, seeds)]
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """``fork`` where it exists (as torch's DataLoader: the crops are inherited, not pickled,
+    and the caller's ``__main__`` is not re-run, so scripts need no main guard); the workers
+    only run numpy/scipy code. ``spawn`` elsewhere."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 class CorruptionStream(FrameStream):
     """``rounds`` x ``corruptions`` segments over one set of crops, corrupted on the fly.
 
     ``ids[i]`` is crop ``i``'s stable image index (its position in the full sorted file list),
-    which seeds its corruption: ``derive_seed(seed, name, ids[i])``. With ``workers > 1`` the
+    which seeds its corruption: ``derive_seed(seed, name, ids[i])``. With ``workers >= 1`` the
     corruptions run in that many processes and the next segment is computed while the current
-    one is consumed. Corrupted domains are kept for later rounds while they fit in
-    ``cache_bytes``.
+    one is consumed; with 0 they run here, when the segment is reached. Corrupted domains are
+    kept for later rounds while they fit in ``cache_bytes``.
     """
 
     def __init__(self, crops: Sequence[np.ndarray], labels: Sequence[int], ids: Sequence[int],
@@ -146,9 +154,9 @@ class CorruptionStream(FrameStream):
 
     def __iter__(self) -> Iterator[Segment]:
         pool = None
-        if self.workers > 1:
-            pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(self.crops,))
+        if self.workers > 0:
+            pool = ProcessPoolExecutor(self.workers, _worker_context(), initializer=_init_worker,
+                                       initargs=(self.crops,))
         cache: dict[str, list[np.ndarray]] = {}
         try:
             plan = self.plan()

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+import torch
+
 from zoa_ros.core.atomic import atomic_write_bytes
 from zoa_ros.core.corruptions import ALL_NAMES, CORRUPTIONS, SEVERITIES
 from zoa_ros.core.engine import MODES
@@ -37,8 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default: the 15 ImageNet-C corruptions in standard order")
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=5)
     p.add_argument("--rounds", type=int, default=1, help="times the domain sequence repeats")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--mode", choices=MODES, default="batch")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="frames per adaptation step (batch mode: also per classified batch)")
+    p.add_argument("--mode", choices=MODES, default="batch",
+                   help="batch: classify a batch, then adapt on it (paper protocol); "
+                        "streaming: classify frame by frame, adapt on the buffer every "
+                        "batch-size frames")
     p.add_argument("--methods", type=_list, default=["none", "zoa"],
                    help="comma-separated methods, each on its own fresh model")
     p.add_argument("--seed", type=int, default=0)
@@ -53,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", help="folder for report.md and accuracy.png")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--workers", type=int,
-                   help="processes computing corruptions (default: up to 8 when it pays)")
+                   help="processes computing corruptions ahead of the model (default: half the "
+                        "CPUs, at most 8; 0: in this process)")
     p.set_defaults(run=run)
 
 
@@ -97,9 +104,11 @@ def build_stream(args: argparse.Namespace, pack: ModelPack) -> FrameStream:
     pairs = labelled_images(args.data, args.labels)
     ids = subset(len(pairs), args.limit, args.seed)
     crops = load_crops([pairs[i][0] for i in ids], pre.crop)
-    workers = args.workers
+    workers, cpus = args.workers, os.cpu_count() or 1
     if workers is None:
-        workers = min(8, (os.cpu_count() or 1) - 1) if len(ids) >= _POOL_MIN_FRAMES else 0
+        workers = min(8, cpus // 2) if len(ids) >= _POOL_MIN_FRAMES else 0
+    if workers and args.device == "cpu":
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cpus - workers)))
     return CorruptionStream(crops, [pairs[i][1] for i in ids], ids, args.corruptions,
                             severity=args.severity, rounds=args.rounds, seed=args.seed,
                             workers=workers)

@@ -66,41 +66,61 @@ def markdown(result: dict) -> str:
 
 
 def accuracy_plot(result: dict) -> bytes:
-    """PNG: per-batch accuracy along the stream (moving average), one line per method, with a
+    """PNG: per-batch accuracy along the stream (a centred moving average that never crosses a
+    domain boundary) and each domain's accuracy as a dashed step, one colour per method, with a
     vertical line at every domain boundary."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     segments = result["stream"]
+    edges = np.cumsum([0] + [s["frames"] for s in segments])
     fig = Figure(figsize=(max(8.0, min(0.35 * len(segments), 24.0)), 4.5), dpi=120)
     ax = fig.add_subplot()
-    chunks = max(1, len(next(iter(result["methods"].values()))["curve"]["acc"]))
-    window = max(1, min(10, chunks // max(len(segments), 1) // 2))
-    for name, run in result["methods"].items():
-        x, y = np.asarray(run["curve"]["frames"]), np.asarray(run["curve"]["acc"], dtype=float)
-        if len(y) >= window > 1:
-            y = np.convolve(y, np.ones(window) / window, mode="valid")
-            x = x[window - 1:]
-        ax.plot(x, y, label=f"{name} (mean {run['mean_acc']:.1f} %)", linewidth=1.2)
-    edge = 0
-    for seg in segments:
+    chunks = len(next(iter(result["methods"].values()))["curve"]["acc"])
+    window = max(1, min(9, chunks // max(len(segments), 1) // 3) | 1)  # odd
+    for (name, run), colour in zip(result["methods"].items(), _colours()):
+        ends = np.asarray(run["curve"]["frames"])
+        starts = np.concatenate([[0], ends[:-1]])
+        acc = np.asarray(run["curve"]["acc"], dtype=float)
+        label = f"{name} (mean {run['mean_acc']:.1f} %)"
+        for i, domain in enumerate(run["domains"]):
+            inside = (ends > edges[i]) & (ends <= edges[i + 1])
+            if inside.any():
+                ax.plot((starts[inside] + ends[inside]) / 2, _smooth(acc[inside], window),
+                        color=colour, linewidth=1.2, label=label if i == 0 else None)
+            ax.plot(edges[i:i + 2], [domain["acc"]] * 2, color=colour, linewidth=1.0,
+                    linestyle="--", alpha=0.6)
+    for i, edge in enumerate(edges):
         ax.axvline(edge, color="grey", linewidth=0.5, alpha=0.6)
-        if len(segments) <= 60:
-            ax.text(edge, 1.01, seg["name"], rotation=90, fontsize=6, va="bottom",
+        if i < len(segments) and len(segments) <= 60:
+            ax.text(edge, 1.01, segments[i]["name"], rotation=90, fontsize=6, va="bottom",
                     transform=ax.get_xaxis_transform())
-        edge += seg["frames"]
-    ax.axvline(edge, color="grey", linewidth=0.5, alpha=0.6)
-    ax.set_xlim(0, max(edge, 1))
+    ax.set_xlim(0, max(int(edges[-1]), 1))
     ax.set_ylim(0, 100)
     ax.set_xlabel("frames in stream")
-    ax.set_ylabel("top-1 accuracy (%)" + (f", moving average of {window} batches"
-                                          if window > 1 else ", per batch"))
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend(loc="lower right", fontsize=7, title_fontsize=7, framealpha=0.8,
+              title=("per batch" if window == 1 else f"per batch, moving average of {window}")
+              + "; dashed: domain accuracy")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average; near the ends it averages over the values that exist."""
+    if window <= 1 or len(values) < 2:
+        return values
+    kernel = np.ones(window)
+    total = np.convolve(values, kernel, mode="same")
+    count = np.convolve(np.ones_like(values), kernel, mode="same")
+    return total / count
+
+
+def _colours() -> list[str]:
+    return [f"C{i % 10}" for i in range(100)]
 
 
 def _row(cells: list) -> str:

@@ -39,6 +39,17 @@ class AdaptMethod(ABC):
     """
 
     name: ClassVar[str]
+    # Domain changes detected so far and the current domain's index (incremented on each
+    # change); methods without a detector keep 0. Subclasses may shadow these with properties.
+    domain_changes: int = 0
+    domain_id: int = 0
+    # Whether predict() classifies single frames meaningfully (streaming mode), and why not.
+    supports_streaming: bool = True
+    streaming_reason: str | None = None
+    # A caveat a report should print next to the method's numbers (None: nothing to say).
+    note: str | None = None
+    # Bytes of autograd-saved activations of the last back-propagation step (BP methods only).
+    graph_bytes: int = 0
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -56,9 +67,19 @@ class AdaptMethod(ABC):
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for ``x`` from before the update, then one adaptation step on ``x``."""
 
-    def adapt(self, x: torch.Tensor) -> None:
-        """One adaptation step on frames that were already classified."""
+    def adapt(self, x: torch.Tensor, cached: object | None = None) -> object | None:
+        """One adaptation step on frames that were already classified.
+
+        ``cached``: what :meth:`predict_with_record` returned for these frames (one record, or
+        a list with one per frame/batch in order); a method may reuse it to skip its own
+        unperturbed forward. Methods that cannot reuse it ignore it.
+        """
         self.forward_and_adapt(x)
+        return None
+
+    def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, object | None]:
+        """:meth:`predict` plus an opaque record that :meth:`adapt` may reuse (default: none)."""
+        return self.predict(x), None
 
     @abstractmethod
     def reset(self) -> None:

@@ -124,7 +124,7 @@ def load_quant_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                          f"unexpected {extra[:3]}")
     for name, module in model.named_modules():
         if isinstance(module, QuantLayer):
-            module.bias_correction.copy_(state[f"{name}.bias_correction"])
+            module.set_bias_correction(state[f"{name}.bias_correction"])
             module.finish_calibration()
         elif isinstance(module, ActQuantizer):
             module.scale.copy_(state[f"{name}.scale"])

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from zoa_ros.core.quant.fake_quant import (
-    fake_quant,
     qrange,
     quantize_weight,
     search_channel_scales,
@@ -28,6 +27,7 @@ class ActQuantizer(nn.Module):
         self.fixed_sign = signed
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("signed", torch.tensor(True if signed is None else signed))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
         self.calibrating = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,9 @@ class ActQuantizer(nn.Module):
             self.scale.copy_(search_scale(x, self.bits, signed))
             self.calibrating = False
         qmin, qmax = qrange(self.bits, bool(self.signed))
-        return fake_quant(x, self.scale, qmin, qmax)
+        # torch's fused kernel computes the same grid as fake_quant() in one pass (and passes
+        # gradients straight through, for gradient baselines).
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, qmin, qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -49,7 +51,8 @@ class QuantLayer(nn.Module):
     ``Conv2dSame`` keeps its TF padding).
 
     ``bias_correction`` (per output channel) removes the mean output error that quantization
-    introduces; it is measured during calibration against the float weights and input.
+    introduces; it is measured during calibration against the float weights and input and folded
+    into the layer's bias, so inference pays nothing for it.
     """
 
     def __init__(self, layer: nn.Module, w_bits: int, a_bits: int, weight_only: bool = False,
@@ -63,6 +66,7 @@ class QuantLayer(nn.Module):
         self.register_buffer("bias_correction", torch.zeros(layer.weight.shape[0]))
         self.input_quant = None if weight_only else ActQuantizer(a_bits)
         self.float_weight: torch.Tensor | None = layer.weight.detach().clone()
+        self.float_bias = None if layer.bias is None else layer.bias.detach().clone()
         with torch.no_grad():
             layer.weight.copy_(quantize_weight(layer.weight, self.weight_scale, w_bits))
         layer.weight.requires_grad_(False)
@@ -75,23 +79,26 @@ class QuantLayer(nn.Module):
             x = self.input_quant(x)
         out = self.layer(x)
         if calibrating:
-            self._correct_bias(x_in, out)
-        return out + self.bias_correction.view(self._channel_shape(out))
+            self.set_bias_correction(self._measure_bias_error(x_in, out))
+            out = self.layer(x)
+        return out
 
     @torch.no_grad()
-    def _correct_bias(self, x_float: torch.Tensor, out: torch.Tensor) -> None:
+    def _measure_bias_error(self, x_float: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         quantized = self.layer.weight.detach().clone()
         self.layer.weight.copy_(self.float_weight)
         reference = self.layer(x_float)
         self.layer.weight.copy_(quantized)
         channel = out.dim() - 1 if isinstance(self.layer, nn.Linear) else 1
         dims = [d for d in range(out.dim()) if d != channel]
-        self.bias_correction.copy_((reference - out).mean(dim=dims))
+        return (reference - out).mean(dim=dims)
 
-    def _channel_shape(self, out: torch.Tensor) -> tuple[int, ...]:
-        if isinstance(self.layer, nn.Linear):
-            return (-1,)
-        return (1, -1) + (1,) * (out.dim() - 2)
+    @torch.no_grad()
+    def set_bias_correction(self, correction: torch.Tensor) -> None:
+        """Store the per-channel correction and fold it into the wrapped layer's bias."""
+        self.bias_correction.copy_(correction)
+        base = torch.zeros_like(correction) if self.float_bias is None else self.float_bias
+        self.layer.bias = nn.Parameter(base + correction, requires_grad=False)
 
     def finish_calibration(self) -> None:
         """Drop the float weight copy kept for bias correction."""

@@ -1,0 +1,1 @@
+"""Test-time adaptation methods (ZOA and baselines); create them through :mod:`.registry`."""

@@ -1,0 +1,169 @@
+"""Fused normalization layers: the affine comes from the published ZOA parameter set.
+
+Effective affine of an adapted layer (spec §4.1)::
+
+    γ = γ0 + Σ_k softmax(S·α)_k Δγ_k + εγ        β = β0 + Σ_k softmax(S·α)_k Δβ_k + εβ
+
+With an empty bank and ε = 0 the effective affine *is* the origin (``x + 0.0 == x``), and the
+layers call the same functional op with the same arguments as the module they replace, so the
+output is bitwise identical.
+
+BatchNorm models: every ``BatchNorm2d`` (including timm's ``BatchNormAct2d``, whose ``drop``
+and ``act`` are kept) is replaced, adapted or not, because ZOA's CNN variant normalises with
+test statistics in all of them. Each forward reads its normalisation from the thread's
+:class:`~zoa_ros.core.adapt.params.ForwardContext`: ``batch`` (current batch mean/var, the
+paper's protocol) or ``running`` (the parameter set's running estimate of the test statistics,
+initialised from the source running buffers, for single-frame streaming inference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoa_ros.core.adapt.params import BATCH, NormSlot, ParamLayout, ParamStore
+
+
+class FusedLayerNorm(nn.LayerNorm):
+    """Replaces an adapted ``nn.LayerNorm``; keeps its frozen ``weight``/``bias``.
+
+    Subclasses ``nn.LayerNorm`` (without its ``__init__``) so that code testing
+    ``isinstance(m, nn.LayerNorm)`` (e.g. ``model_family``) still recognises the layer.
+    """
+
+    def __init__(self, norm: nn.LayerNorm, slot: NormSlot, store: ParamStore) -> None:
+        nn.Module.__init__(self)
+        self.normalized_shape = tuple(norm.normalized_shape)
+        self.eps = norm.eps
+        self.elementwise_affine = True
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.slot = slot
+        self.store = store
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.store.context().params.affine(self.slot)
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, slot={self.slot.name!r}"
+
+
+class FusedBatchNorm(nn.BatchNorm2d):
+    """Replaces a ``BatchNorm2d`` / ``BatchNormAct2d``; adapted when ``slot`` is set.
+
+    Keeps the original parameters and running buffers (so the state-dict keys do not change)
+    and the ``drop``/``act`` of ``BatchNormAct2d``. Subclasses ``nn.BatchNorm2d`` (without its
+    ``__init__``) so ``isinstance`` checks still see a BatchNorm; its ``training`` and
+    ``track_running_stats`` flags are ignored - the forward context decides the statistics and
+    the running buffers are never updated.
+    """
+
+    def __init__(self, norm: nn.BatchNorm2d, slot: NormSlot | None, index: int,
+                 store: ParamStore) -> None:
+        nn.Module.__init__(self)
+        self.num_features = norm.num_features
+        self.eps = norm.eps
+        self.momentum = norm.momentum
+        self.affine = norm.affine
+        self.track_running_stats = norm.track_running_stats
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.register_buffer("running_mean", norm.running_mean)
+        self.register_buffer("running_var", norm.running_var)
+        self.register_buffer("num_batches_tracked", norm.num_batches_tracked)
+        drop, act = getattr(norm, "drop", None), getattr(norm, "act", None)
+        self.drop = drop if isinstance(drop, nn.Module) else nn.Identity()
+        self.act = act if isinstance(act, nn.Module) else nn.Identity()
+        self.slot = slot
+        self.index = index
+        self.store = store
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = self.store.context()
+        if self.slot is None:
+            weight, bias = self.weight, self.bias
+        else:
+            weight, bias = ctx.params.affine(self.slot)
+        if ctx.norm == BATCH:
+            if ctx.bn_sink is not None:
+                var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=True)
+                ctx.bn_sink[self.index] = (mean, var)
+            x = F.batch_norm(x, None, None, weight, bias, True, self.momentum or 0.0, self.eps)
+        else:
+            mean, var = ctx.params.bn_stats[self.index]
+            x = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        return self.act(self.drop(x))
+
+    def extra_repr(self) -> str:
+        adapted = "frozen" if self.slot is None else f"slot={self.slot.name!r}"
+        return f"{self.num_features}, eps={self.eps}, {adapted}"
+
+
+@dataclass
+class Fusion:
+    """What :func:`fuse_norms` produced: the layout, the origin affine vector, and the names
+    and source running statistics of every fused BatchNorm (in ``index`` order)."""
+
+    layout: ParamLayout
+    origin: torch.Tensor
+    bn_names: list[str]
+    bn_stats: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.LayerNorm):
+        return "layernorm"
+    if isinstance(module, nn.BatchNorm2d):
+        return "batchnorm"
+    return None
+
+
+def fuse_norms(model: nn.Module, adapted: list[str], store: ParamStore) -> Fusion:
+    """Replace the ``adapted`` norm layers (and, in BatchNorm models, every BatchNorm2d) in
+    place with fused layers reading ``store``. Refuses a model that is already fused."""
+    if any(isinstance(m, (FusedLayerNorm, FusedBatchNorm)) for m in model.modules()):
+        raise ValueError("model already has fused norm layers; build a fresh model per method")
+    modules = dict(model.named_modules())
+    layers = []
+    for name in adapted:
+        module = modules.get(name)
+        kind = _kind(module) if module is not None else None
+        if kind is None:
+            raise ValueError(f"{name!r} is not a LayerNorm or BatchNorm2d of the model")
+        if module.weight is None or module.weight.dim() != 1:
+            raise ValueError(f"{name!r} has no 1-d affine parameters to adapt")
+        channels = module.weight.numel()
+        layers.append((name, kind, channels))
+    layout = ParamLayout(layers)
+    slots = {s.name: s for s in layout.slots}
+    origin = []
+    for slot in layout.slots:
+        module = modules[slot.name]
+        bias = module.bias if module.bias is not None else torch.zeros_like(module.weight)
+        origin += [module.weight.detach().reshape(-1), bias.detach().reshape(-1)]
+    origin_vec = torch.cat(origin).float().clone() if origin else torch.zeros(0)
+
+    bn_names, bn_stats = [], []
+    for name, module in modules.items():
+        if isinstance(module, nn.BatchNorm2d):
+            index = len(bn_names)
+            bn_names.append(name)
+            if module.running_mean is not None:
+                stats = (module.running_mean.detach().clone(), module.running_var.detach().clone())
+            else:
+                stats = (torch.zeros(module.num_features), torch.ones(module.num_features))
+            bn_stats.append(stats)
+            _replace(model, name, FusedBatchNorm(module, slots.get(name), index, store))
+        elif isinstance(module, nn.LayerNorm) and name in slots:
+            _replace(model, name, FusedLayerNorm(module, slots[name], store))
+    return Fusion(layout, origin_vec, bn_names, tuple(bn_stats))
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

@@ -1,0 +1,161 @@
+"""Thread-safe feature taps and the record of one forward pass that adaptation can reuse.
+
+:class:`~zoa_ros.core.features.FeatureExtractor` registers its hooks for the duration of each
+call, so two threads running it on one model would add hooks to a module another thread is
+iterating and collect each other's taps. :class:`ThreadSafeExtractor` installs its hooks once
+and routes each tap to the calling thread's sink, and also measures the domain detector's
+early-feature statistics in the same pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoa_ros.core.features import FeatureExtractor, Features
+from zoa_ros.core.quant.model import first_conv_name
+
+
+@dataclass(frozen=True)
+class EarlyStats:
+    """Per-channel count, sum and sum of squares (float64) of the detector's early features;
+    records of single frames add up to the statistics of their batch."""
+
+    count: int
+    total: torch.Tensor
+    squares: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor, channel_dim: int) -> EarlyStats:
+        x = x.detach().double().movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
+        return cls(x.shape[0], x.sum(dim=0), (x * x).sum(dim=0))
+
+    def __add__(self, other: EarlyStats) -> EarlyStats:
+        return EarlyStats(self.count + other.count, self.total + other.total,
+                          self.squares + other.squares)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased variance."""
+        n = self.count
+        return ((self.squares - self.total * self.total / n) / max(n - 1, 1)).clamp(min=0).float()
+
+
+def early_module(model: nn.Module) -> tuple[nn.Module, int, int]:
+    """The module whose output feeds the detector, how many leading prefix tokens to drop
+    (token models) and its channel count.
+
+    ViT: ``pos_drop`` (patch embedding + position embedding, prefix tokens excluded). CNN: the
+    stem conv named by ``pretrained_cfg['first_conv']`` - the ``QuantLayer`` wrapper when
+    quantized, so the hooked output is what the rest of the network sees.
+    """
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        module = getattr(model, "pos_drop", None)
+        module = model.patch_embed if module is None else module
+        return module, int(getattr(model, "num_prefix_tokens", 1)), int(model.embed_dim)
+    name = first_conv_name(model)
+    modules = dict(model.named_modules())
+    module = modules.get(name)
+    if module is None:
+        module = next(m for n, m in modules.items() if n.endswith(name))
+    return module, 0, int(module.weight.shape[0])
+
+
+class ThreadSafeExtractor(FeatureExtractor):
+    """A :class:`FeatureExtractor` whose hooks are installed once; safe from several threads."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._local = threading.local()
+        self.early, self.prefix, self.early_channels = early_module(model)
+        self._handles = [model.get_submodule(name).register_forward_hook(self._on_tap)
+                         for name in self.names]
+        self._handles.append(self.early.register_forward_hook(self._on_early))
+
+    def _on_tap(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        sink = getattr(self._local, "sink", None)
+        if sink is not None:
+            sink.append(self._pool(out))
+
+    def _on_early(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        if getattr(self._local, "want_early", False):
+            if self.token:
+                self._local.early = EarlyStats.of(out[:, self.prefix:], channel_dim=2)
+            else:
+                self._local.early = EarlyStats.of(out, channel_dim=1)
+
+    @contextmanager
+    def _hooks(self, sink: list[torch.Tensor]) -> Iterator[None]:
+        self._local.sink = sink
+        try:
+            yield
+        finally:
+            self._local.sink = None
+
+    def run(self, x: torch.Tensor, early: bool = True) -> tuple[Features, EarlyStats | None]:
+        """Unshifted features of ``x`` and (if ``early``) the detector statistics."""
+        self._local.want_early, self._local.early = early, None
+        try:
+            features = self(x)
+            return features, self._local.early
+        finally:
+            self._local.want_early, self._local.early = False, None
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardRecord:
+    """One unperturbed forward pass: unshifted features (for the loss), the returned logits
+    (shifted), detector statistics, BatchNorm batch statistics (if collected), the version of the
+    parameter set it used and its normalisation (``layer`` / ``batch`` / ``running``).
+
+    Adaptation may reuse a record instead of recomputing the forward when its version is still
+    the published one and its normalisation is the adaptation normalisation.
+    """
+
+    features: Features
+    logits: torch.Tensor
+    early: EarlyStats | None
+    bn_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] | None
+    version: int
+    norm: str
+
+    @property
+    def batch_size(self) -> int:
+        return self.logits.shape[0]
+
+    @staticmethod
+    def cat(records: Sequence[ForwardRecord]) -> ForwardRecord | None:
+        """Records of consecutive frames as one batch record, or ``None`` if they cannot be
+        combined (different versions or normalisations, missing detector statistics, or
+        batch-statistics records, whose features depend on the batch they were computed in)."""
+        if not records:
+            return None
+        if len(records) == 1:
+            return records[0]
+        first = records[0]
+        if any(r.version != first.version or r.norm != first.norm or r.early is None
+               for r in records) or first.norm == "batch":
+            return None
+        feats = [r.features for r in records]
+        early = records[0].early
+        for r in records[1:]:
+            early = early + r.early
+        return ForwardRecord(
+            Features([torch.cat([f.taps[i] for f in feats]) for i in range(len(feats[0].taps))],
+                     torch.cat([f.pre_logits for f in feats]),
+                     torch.cat([f.logits for f in feats])),
+            torch.cat([r.logits for r in records]), early, None, first.version, first.norm)

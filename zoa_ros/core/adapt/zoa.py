@@ -1,0 +1,482 @@
+"""ZOA: zeroth-order test-time adaptation of a quantized model's norm affines (forward only).
+
+Per adapted batch (spec §4.6), exactly two full forward passes:
+
+1. unperturbed forward (this is the prediction, activation-shifted; §2.3), which also yields the
+   detector statistics; domain-change detection once per batch (§4.2), which on a change saves
+   the current knowledge into the bank (outputs unchanged, §4.3-4.4) and clears the shift
+   history; ``L0`` from the unshifted features;
+2. forward with ``ε + c·z`` and ``α + c_α·z_α`` (segmented-uniform ``z``), giving ``L+``;
+
+then ``ĝ = (L+ − L0)/(c·z)``, SGD on ε, the closed-form sign step on α when the bank holds an
+entry, the shift history update, and one atomic publish of the new parameter set (see
+:mod:`.params`). :meth:`ZOA.adapt` on already-predicted frames costs 2 forwards, or 1 when the
+caller passes the :class:`~.taps.ForwardRecord` s of those frames and the parameters have not
+changed since (``version`` check) and their normalisation is the adaptation one (LayerNorm
+models always; BatchNorm models only for a batch-statistics record of the whole batch).
+
+BatchNorm models: adaptation forwards always normalise with the batch's statistics (as the
+reference, and as the source statistics in the pack were measured). :meth:`ZOA.predict` uses
+``bn_stats``: ``batch`` (the predicted batch's statistics, paper protocol) or ``running`` - a
+running estimate of the test statistics, initialised from the source running buffers and
+updated after every adapted batch with that batch's per-layer mean and unbiased variance:
+``m ← (1 − ρ)·m + ρ·m_B``, ``v ← (1 − ρ)·v + ρ·v_B`` with ρ = ``stats_momentum`` (0.1), and
+ρ = 1 on a detected domain change when ``stats_reset_on_change`` - so single frames can be
+classified with statistics of the current domain. (:meth:`ZOA.forward_and_adapt` predicts from
+its adaptation forward, i.e. with batch statistics, in either mode.)
+
+The domain detector starts empty (deployment choice, spec §9.5b); :meth:`ZOA.prime_detector`
+on clean batches reproduces the reference's ResNet path. Thread model: :meth:`ZOA.predict` may
+run in any thread at any time; adaptation calls are serialised by an internal lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from zoa_ros.core.adapt.bank import BankState, save_domain
+from zoa_ros.core.adapt.base import AdaptMethod
+from zoa_ros.core.adapt.detector import DomainDetector
+from zoa_ros.core.adapt.fused_norm import fuse_norms
+from zoa_ros.core.adapt.layer_select import select_layers
+from zoa_ros.core.adapt.loss import zoa_loss
+from zoa_ros.core.adapt.params import BATCH, LAYER, RUNNING, ParamSet, ParamStore
+from zoa_ros.core.adapt.presets import load_preset
+from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
+from zoa_ros.core.adapt.taps import ForwardRecord, ThreadSafeExtractor
+from zoa_ros.core.features import Features
+from zoa_ros.core.models import model_family
+from zoa_ros.core.pack import ModelPack
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ZOAConfig:
+    """ZOA hyperparameters (spec §5); YAML key ``lambda`` maps to ``lam``."""
+
+    lr: float = 5e-4                    # SGD on ε
+    weight_decay: float = 0.4
+    momentum: float = 0.0
+    spsa_c: float = 0.02                # ε perturbation scale c
+    spsa_c_alpha: float = 0.05          # α perturbation scale c_α
+    alpha_lr: float = 0.01
+    alpha_weight_decay: float = 0.1
+    alpha_scale: float = 10.0           # S
+    alpha_init: float | str = 0.0       # a value, or "normal" (N(0,1) from the generator)
+    alpha_clip: float = 10.0
+    lam: float = 30.0                   # λ
+    domain_t: float = 0.1
+    detect: bool = True
+    detector_momentum: float = 0.36
+    detect_min_batch: int = 64
+    min_adapt_batch: int = 16
+    capacity: int = 32
+    weight_margin: float = 0.01
+    shift: bool = True
+    shift_momentum: float = 0.1
+    shift_step: float = 1.0
+    compat_scalar_shift: bool = False
+    bn_stats: str = BATCH               # predict() normalisation of BatchNorm models
+    stats_momentum: float = 0.1
+    stats_reset_on_change: bool = True
+    layers: str | list[str] = "auto"
+    block_start: int = 1
+    block_end_fraction: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ZOAConfig:
+        values = dict(values)
+        values.pop("preset", None)
+        if "lambda" in values:
+            values["lam"] = values.pop("lambda")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ZOA settings {unknown}; known: {sorted(known)}")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.spsa_c <= 0 or self.spsa_c_alpha <= 0:
+            raise ValueError("spsa_c and spsa_c_alpha must be > 0")
+        if self.min_adapt_batch < 2 or self.detect_min_batch < 2:
+            raise ValueError("min_adapt_batch and detect_min_batch must be >= 2 "
+                             "(the loss and the detector use unbiased statistics)")
+        if self.capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        if self.bn_stats not in (BATCH, RUNNING):
+            raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
+        if not (isinstance(self.alpha_init, int | float) or self.alpha_init == "normal"):
+            raise ValueError(f"alpha_init must be a number or 'normal', not {self.alpha_init!r}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one adaptation step did (``ZOA.last_step``; returned by :meth:`ZOA.adapt`)."""
+
+    adapted: bool
+    reason: str = ""                    # why no update was made
+    loss: float | None = None           # L0, unperturbed
+    loss_plus: float | None = None      # L+, perturbed
+    changed: bool = False               # domain change detected on this batch
+    divergence: float | None = None
+    detection_skipped: bool = False     # batch below detect_min_batch
+    removed_entry: int | None = None
+    forwards: int = 0
+    reused_forward: bool = False
+
+
+class ZOA(AdaptMethod):
+    """ZOA for LayerNorm (ViT) and BatchNorm (CNN) models; see the module docstring.
+
+    ``config`` overrides the preset of ``(pack.family, pack.quant.name)`` from
+    ``config/zoa_presets.yaml`` (``preset: false`` to use only ``config`` + built-in defaults).
+    The model is modified in place (norm layers fused); use one fresh model per method.
+    """
+
+    name: ClassVar[str] = "zoa"
+
+    def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
+                 generator: torch.Generator) -> None:
+        super().__init__(model, pack, config, generator)
+        family = model_family(model)
+        if family != pack.family:
+            raise ValueError(f"model family {family!r} differs from the pack's {pack.family!r}")
+        preset = load_preset(family, pack.quant.name) if config.get("preset", True) else {}
+        self.cfg = ZOAConfig.from_dict({**preset, **config})
+        self.family = family
+        cfg = self.cfg
+        names = select_layers(model, family, cfg.layers, cfg.block_start, cfg.block_end_fraction)
+        self._adapt_norm = BATCH if family == "batchnorm" else LAYER
+        self._predict_norm = cfg.bn_stats if family == "batchnorm" else LAYER
+        self._collect_bn = family == "batchnorm" and cfg.bn_stats == RUNNING
+        self.store = ParamStore(self._predict_norm)
+        model.eval()
+        self.device = next(model.parameters()).device
+        fusion = fuse_norms(model, names, self.store)
+        self.layout = fusion.layout
+        self.bn_names = fusion.bn_names
+        self.extractor = ThreadSafeExtractor(model)
+        self.classifier = model.get_classifier()
+        self.source_mean = pack.source_mean.float().to(self.device)
+        self.source_std = pack.source_std.float().to(self.device)
+        self.tap_sizes = list(pack.tap_sizes)
+        if sum(self.tap_sizes) != self.source_mean.numel():
+            raise ValueError(f"pack tap sizes {self.tap_sizes} do not add up to its "
+                             f"{self.source_mean.numel()} source statistics")
+        self._source_last = self.source_mean[-self.tap_sizes[-1]:]
+        if cfg.alpha_init == "normal":
+            alpha0 = torch.randn(1, generator=generator, device=generator.device)
+        else:
+            alpha0 = torch.tensor([float(cfg.alpha_init)])
+        size = self.layout.size
+        self._initial = ParamSet(
+            origin=fusion.origin.to(self.device), eps=torch.zeros(size, device=self.device),
+            alpha=alpha0.float().to(self.device), bank=torch.zeros(1, size, device=self.device),
+            alpha_scale=float(cfg.alpha_scale),
+            bn_stats=tuple((m.to(self.device), v.to(self.device)) for m, v in fusion.bn_stats))
+        self.store.publish(self._initial)
+        self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
+        self.similarity = torch.zeros(0, 0, device=self.device)
+        self._momentum_buffer: torch.Tensor | None = None
+        self._domain_changes = 0
+        self._domain_id = 0
+        self.last_step: StepInfo | None = None
+        self._adapt_lock = threading.RLock()
+        self._costs_lock = threading.Lock()
+
+    # ---- public state ---------------------------------------------------------------------
+    @property
+    def params(self) -> ParamSet:
+        """The published parameter set."""
+        return self.store.published
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self.layout.names
+
+    @property
+    def domain_changes(self) -> int:
+        return self._domain_changes
+
+    @property
+    def domain_id(self) -> int:
+        return self._domain_id
+
+    def bank_summary(self) -> dict:
+        params = self.store.published
+        k, p = params.entries, self.layout.size
+        return {"entries": k, "bytes": 4 * (k * p + k + 1), "capacity": self.cfg.capacity,
+                "params_per_entry": p, "layers": len(self.layout),
+                "domain_changes": self._domain_changes, "domain_id": self._domain_id}
+
+    # ---- forward passes -------------------------------------------------------------------
+    def _count(self, **amounts: int) -> None:
+        with self._costs_lock:
+            for key, value in amounts.items():
+                setattr(self.costs, key, getattr(self.costs, key) + value)
+
+    def _forward(self, x: torch.Tensor, params: ParamSet, norm: str, early: bool = False,
+                 collect_bn: bool = False) -> ForwardRecord:
+        """One full forward pass of ``x`` with ``params`` pinned for this thread."""
+        x = x.to(self.device)
+        with torch.no_grad(), self.store.using(params, norm, collect_bn) as ctx:
+            features, early_stats = self.extractor.run(x, early=early)
+            logits = self._shifted_logits(features, params)
+        self._count(forward_passes=1)
+        return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
+
+    def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
+        if not self.cfg.shift or params.shift_h is None:
+            return features.logits
+        target = self._source_last[-1] if self.cfg.compat_scalar_shift else self._source_last
+        shift = self.cfg.shift_step * (target - params.shift_h)
+        return self.classifier(features.pre_logits + shift)
+
+    def _loss(self, features: Features) -> torch.Tensor:
+        return zoa_loss(features, self.source_mean, self.source_std, self.tap_sizes,
+                        self.cfg.lam).total
+
+    def loss_of(self, x: torch.Tensor) -> float:
+        """Diagnostic: the objective on ``x`` with the published parameters (one forward)."""
+        rec = self._forward(x, self.store.published, self._adapt_norm)
+        return float(self._loss(rec.features))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        rec = self._forward(x, self.store.published, self._predict_norm)
+        self._count(frames_predicted=x.shape[0])
+        return rec.logits
+
+    def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, ForwardRecord]:
+        """:meth:`predict` plus the record :meth:`adapt` can reuse (same single forward)."""
+        rec = self._forward(x, self.store.published, self._predict_norm, early=True)
+        self._count(frames_predicted=x.shape[0])
+        return rec.logits, rec
+
+    # ---- adaptation -----------------------------------------------------------------------
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict ``x`` (forward 1), then adapt on it (forward 2): two forwards in total."""
+        with self._adapt_lock:
+            rec = self._forward(x, self.store.published, self._adapt_norm, early=True,
+                                collect_bn=self._collect_bn)
+            self._count(frames_predicted=x.shape[0])
+            self._step(x, rec, forwards=1, reused=False)
+        return rec.logits
+
+    def adapt(self, x: torch.Tensor,
+              cached: ForwardRecord | Sequence[ForwardRecord] | None = None) -> StepInfo:
+        """One step on already-predicted frames ``x``: 2 forwards, or 1 when ``cached`` (the
+        record(s) from :meth:`predict_with_record` for exactly these frames, in order) is still
+        valid - same parameter version, adaptation normalisation, same batch size. Invalid
+        records are ignored (never an error). The caller guarantees they belong to ``x``."""
+        with self._adapt_lock:
+            rec = self._reusable(cached, x.shape[0])
+            if rec is not None:
+                return self._step(x, rec, forwards=0, reused=True)
+            rec = self._forward(x, self.store.published, self._adapt_norm, early=True,
+                                collect_bn=self._collect_bn)
+            return self._step(x, rec, forwards=1, reused=False)
+
+    def _reusable(self, cached: ForwardRecord | Sequence[ForwardRecord] | None,
+                  batch_size: int) -> ForwardRecord | None:
+        if cached is None:
+            return None
+        records = [cached] if isinstance(cached, ForwardRecord) else list(cached)
+        if not records or not all(isinstance(r, ForwardRecord) for r in records):
+            return None
+        rec = ForwardRecord.cat(records)
+        if (rec is None or rec.version != self.store.published.version
+                or rec.norm != self._adapt_norm or rec.batch_size != batch_size
+                or rec.early is None or (self._collect_bn and rec.bn_stats is None)):
+            return None
+        return rec
+
+    def _step(self, x: torch.Tensor, rec: ForwardRecord, forwards: int,
+              reused: bool) -> StepInfo:
+        cfg = self.cfg
+        batch = rec.batch_size
+        if batch < cfg.min_adapt_batch:
+            info = StepInfo(False, f"batch of {batch} < min_adapt_batch {cfg.min_adapt_batch}",
+                            forwards=forwards, reused_forward=reused)
+            log.debug("adaptation skipped: %s", info.reason)
+            self.last_step = info
+            return info
+        params = self.store.published
+        changed, divergence, skipped, removed = False, None, False, None
+        if cfg.detect and rec.early is not None:
+            det = self.detector.observe(rec.early.mean.to(self.device),
+                                        rec.early.var.to(self.device), batch)
+            changed, divergence, skipped = det.changed, det.divergence, det.skipped
+            if changed:
+                params, removed = self._save_domain(params)
+                log.info("domain change %d detected (divergence %.3f > %.3f); bank holds %d "
+                         "entries%s", self._domain_changes, divergence, cfg.domain_t,
+                         params.entries, "" if removed is None else f", removed entry {removed}")
+            elif skipped:
+                log.debug("domain detection skipped: batch of %d < %d", batch,
+                          cfg.detect_min_batch)
+        loss0 = self._loss(rec.features)
+        z = segmented_uniform(self.layout.size, self.generator, self.device)
+        z_alpha = segmented_uniform(params.alpha.numel(), self.generator, self.device)
+        probe = params.replace(eps=params.eps + cfg.spsa_c * z,
+                               alpha=params.alpha + cfg.spsa_c_alpha * z_alpha)
+        plus = self._forward(x, probe, self._adapt_norm)
+        loss_plus = self._loss(plus.features)
+        forwards += 1
+        l0, lp = float(loss0), float(loss_plus)
+        updates: dict = {}
+        finite = math.isfinite(l0) and math.isfinite(lp)
+        if finite:
+            grad = spsa_gradient(loss0, loss_plus, z, cfg.spsa_c)
+            updates["eps"], self._momentum_buffer = sgd_step(
+                params.eps, grad, cfg.lr, cfg.weight_decay, cfg.momentum, self._momentum_buffer)
+            if params.entries >= 1:
+                grad_alpha = spsa_gradient(loss0, loss_plus, z_alpha, cfg.spsa_c_alpha)
+                updates["alpha"] = first_adamw_step(params.alpha, grad_alpha, cfg.alpha_lr,
+                                                    cfg.alpha_weight_decay)
+            if self._collect_bn and rec.bn_stats is not None:
+                rho = 1.0 if changed and cfg.stats_reset_on_change else cfg.stats_momentum
+                updates["bn_stats"] = tuple(
+                    ((1 - rho) * m + rho * rec.bn_stats[i][0],
+                     (1 - rho) * v + rho * rec.bn_stats[i][1]) if i in rec.bn_stats else (m, v)
+                    for i, (m, v) in enumerate(params.bn_stats))
+            if cfg.shift:
+                g_last = rec.features.pre_logits.mean(dim=0)
+                h = params.shift_h
+                updates["shift_h"] = g_last if h is None else \
+                    (1 - cfg.shift_momentum) * h + cfg.shift_momentum * g_last
+        self.store.publish(params.replace(**updates, version=params.version + 1))
+        if not finite:
+            log.warning("non-finite ZOA loss (L0 %s, L+ %s): step skipped", l0, lp)
+        else:
+            self._count(adapt_steps=1, frames_adapted=batch)
+        info = StepInfo(finite, "" if finite else "non-finite loss", l0, lp, changed,
+                        divergence, skipped, removed, forwards, reused)
+        self.last_step = info
+        return info
+
+    def _save_domain(self, params: ParamSet) -> tuple[ParamSet, int | None]:
+        """Bank the current knowledge (outputs unchanged), clear the shift history."""
+        params, self.similarity, removed = save_domain(
+            params, self.similarity, self.layout, self.cfg.capacity, self.cfg.weight_margin,
+            self.cfg.alpha_clip)
+        self._domain_changes += 1
+        self._domain_id += 1
+        return params.replace(shift_h=None), removed
+
+    def prime_detector(self, x: torch.Tensor) -> None:
+        """Fold a clean batch into the domain detector without adapting (one forward).
+
+        The detector normally starts empty (deployment choice, spec §9.5b); priming it on clean
+        batches reproduces the reference's ResNet path, whose first corrupted batch then
+        registers as a change.
+        """
+        with self._adapt_lock:
+            rec = self._forward(x, self.store.published, self._adapt_norm, early=True)
+            self.detector.update(rec.early.mean, rec.early.var)
+
+    def mark_domain_change(self) -> int | None:
+        """Declare a domain change now (e.g. an operator's "new environment"): bank the current
+        knowledge, clear the detector and shift history. Returns the removed entry, if any."""
+        with self._adapt_lock:
+            params, removed = self._save_domain(self.store.published)
+            self.detector.clear()
+            self.store.publish(params.replace(version=params.version + 1))
+            return removed
+
+    def reset(self) -> None:
+        with self._adapt_lock:
+            version = self.store.published.version + 1
+            self.store.publish(self._initial.replace(version=version))
+            self.detector.clear()
+            self.similarity = torch.zeros(0, 0, device=self.device)
+            self._momentum_buffer = None
+            self._domain_changes = self._domain_id = 0
+            self.last_step = None
+
+    # ---- persistence ----------------------------------------------------------------------
+    def export_bank(self) -> BankState:
+        """A consistent snapshot of the persistent state (for :mod:`zoa_ros.core.bank_file`)."""
+        with self._adapt_lock:
+            p = self.store.published
+            return BankState(
+                layers=self.layout.describe(), eps=p.eps.clone(), alpha=p.alpha.clone(),
+                entries=p.bank[1:].clone(), similarity=self.similarity.clone(),
+                alpha_scale=p.alpha_scale,
+                detector_mean=None if self.detector.mean is None else self.detector.mean.clone(),
+                detector_var=None if self.detector.var is None else self.detector.var.clone(),
+                shift_h=None if p.shift_h is None else p.shift_h.clone(),
+                bn_names=tuple(self.bn_names),
+                bn_stats=tuple((m.clone(), v.clone()) for m, v in p.bn_stats),
+                domain_changes=self._domain_changes, domain_id=self._domain_id)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.export_bank().tensors()
+
+    def import_bank(self, state: BankState) -> None:
+        """Validate ``state`` against this method, then swap it in atomically; on any mismatch
+        raise ``ValueError`` and leave the running state untouched."""
+        params = self._validated(state)
+        with self._adapt_lock:
+            params = params.replace(version=self.store.published.version + 1)
+            det_mean, det_var = state.detector_mean, state.detector_var
+            self.detector.mean = None if det_mean is None else det_mean.float().to(self.device)
+            self.detector.var = None if det_var is None else det_var.float().to(self.device)
+            self.similarity = state.similarity.float().to(self.device)
+            self._momentum_buffer = None
+            self._domain_changes, self._domain_id = state.domain_changes, state.domain_id
+            self.store.publish(params)
+
+    def _validated(self, state: BankState) -> ParamSet:
+        mine = [tuple(x) for x in self.layout.describe()]
+        theirs = [tuple(x) for x in state.layers]
+        if theirs != mine:
+            diff = next((f"{a} vs {b}" for a, b in zip(theirs, mine, strict=False) if a != b),
+                        f"{len(theirs)} vs {len(mine)} layers")
+            raise ValueError(f"bank adapts other layers than this method ({diff}); "
+                             "use the same 'layers' settings or start a new bank")
+        if float(state.alpha_scale) != float(self.cfg.alpha_scale):
+            raise ValueError(f"bank alpha_scale {state.alpha_scale} != configured "
+                             f"{self.cfg.alpha_scale}")
+        p, k = self.layout.size, state.entries.shape[0] if state.entries.dim() == 2 else -1
+        expect = {"eps": (state.eps, (p,)), "entries": (state.entries, (k, p)),
+                  "alpha": (state.alpha, (k + 1,)), "similarity": (state.similarity, (k, k))}
+        if state.shift_h is not None:
+            expect["shift_h"] = (state.shift_h, (self.tap_sizes[-1],))
+        if (state.detector_mean is None) != (state.detector_var is None):
+            raise ValueError("bank has only half of the detector state")
+        if state.detector_mean is not None:
+            c = self.extractor.early_channels
+            expect["detector.mean"] = (state.detector_mean, (c,))
+            expect["detector.var"] = (state.detector_var, (c,))
+        if tuple(state.bn_names) != tuple(self.bn_names) or len(state.bn_stats) != len(
+                self.bn_names):
+            raise ValueError("bank BatchNorm layers differ from this model's")
+        for i, (m, v) in enumerate(state.bn_stats):
+            n = self.store.published.bn_stats[i][0].numel()
+            expect[f"bn.{i}.mean"], expect[f"bn.{i}.var"] = (m, (n,)), (v, (n,))
+        for key, (tensor, shape) in expect.items():
+            if k < 0 or tuple(tensor.shape) != shape:
+                raise ValueError(f"bank tensor {key!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {shape}")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"bank tensor {key!r} holds non-finite values")
+        if k > self.cfg.capacity:
+            raise ValueError(f"bank holds {k} entries but capacity is {self.cfg.capacity}; "
+                             "raise 'capacity'")
+        dev = self.device
+        bank = torch.cat([torch.zeros(1, p, device=dev), state.entries.float().to(dev)])
+        return self._initial.replace(
+            eps=state.eps.float().to(dev), alpha=state.alpha.float().to(dev), bank=bank,
+            shift_h=None if state.shift_h is None else state.shift_h.float().to(dev),
+            bn_stats=tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.bn_stats))

@@ -1,0 +1,164 @@
+"""Knowledge-bank files: ZOA's persistent state between missions.
+
+A safetensors file (never pickle): tensors ``eps`` [P], ``alpha`` [K+1], ``entries`` [K, P],
+``similarity`` [K, K], optionally ``detector.mean/var``, ``shift_h`` and ``bn.<i>.mean/var``
+(BatchNorm test statistics), and a JSON document in the safetensors metadata with the format
+name and version, the fingerprint of the model pack the bank belongs to, the adapted layers
+(name, kind, channels), counters, creation time, provenance strings and a sha256 over all of
+it. Saving is atomic (the old file survives until the new one is complete). Loading parses
+and validates everything into a new object before swapping it into the method, so a refused
+file leaves the running bank exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from zoa_ros.core.adapt.bank import BankState
+from zoa_ros.core.atomic import atomic_write_bytes
+from zoa_ros.core.pack import ModelPack
+
+FORMAT = "zoa_ros.bank"
+FORMAT_VERSION = 1
+_META_KEY = "zoa_bank"
+
+
+class BankError(ValueError):
+    """A bank file that cannot be used, with the reason and what to do."""
+
+
+def encode(state: BankState, pack_fingerprint: str,
+           provenance: dict[str, str] | None = None) -> bytes:
+    """The file content for ``state`` (see module docstring)."""
+    tensors = state.tensors()
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "pack_fingerprint": pack_fingerprint, "method": "zoa",
+        "layers": [{"name": n, "kind": k, "channels": c} for n, k, c in state.layers],
+        "param_count": int(state.eps.numel()), "entries": int(state.entries.shape[0]),
+        "alpha_scale": float(state.alpha_scale), "bn_layers": list(state.bn_names),
+        "domain_changes": int(state.domain_changes), "domain_id": int(state.domain_id),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "provenance": {str(k): str(v) for k, v in (provenance or {}).items()},
+    }
+    meta["content_sha256"] = content_hash(meta, tensors)
+    return st_save(tensors, metadata={_META_KEY: json.dumps(meta)})
+
+
+def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
+    """Parse and verify a bank file's bytes: ``(state, metadata)``; :class:`BankError` if the
+    file is not a complete, unmodified bank of a supported version."""
+    try:
+        tensors = st_load(data)
+        meta_text = _read_metadata(data).get(_META_KEY)
+        meta = json.loads(meta_text) if meta_text is not None else None
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise BankError(f"{name}: not a readable bank file (truncated or not safetensors: {e}); "
+                        "restore it from a backup or start with an empty bank") from e
+    if not isinstance(meta, dict):
+        raise BankError(f"{name}: safetensors file without zoa_ros bank metadata")
+    if meta.get("format") != FORMAT:
+        raise BankError(f"{name}: not a zoa_ros knowledge bank (format {meta.get('format')!r})")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BankError(f"{name}: bank format {version} is newer than this zoa_ros supports "
+                        f"({FORMAT_VERSION}); upgrade zoa_ros")
+    stored = meta.pop("content_sha256", None)
+    if stored != content_hash(meta, tensors):
+        raise BankError(f"{name}: content hash mismatch: the bank was modified or corrupted; "
+                        "restore it from a backup or start with an empty bank")
+    meta["content_sha256"] = stored
+    missing = [k for k in ("eps", "alpha", "entries", "similarity") if k not in tensors]
+    if missing:
+        raise BankError(f"{name}: bank lacks tensors {missing}")
+    bn = meta.get("bn_layers", [])
+    try:
+        state = BankState(
+            layers=[(d["name"], d["kind"], int(d["channels"])) for d in meta["layers"]],
+            eps=tensors["eps"], alpha=tensors["alpha"], entries=tensors["entries"],
+            similarity=tensors["similarity"], alpha_scale=float(meta["alpha_scale"]),
+            detector_mean=tensors.get("detector.mean"), detector_var=tensors.get("detector.var"),
+            shift_h=tensors.get("shift_h"), bn_names=tuple(bn),
+            bn_stats=tuple((tensors[f"bn.{i}.mean"], tensors[f"bn.{i}.var"])
+                           for i in range(len(bn))),
+            domain_changes=int(meta.get("domain_changes", 0)),
+            domain_id=int(meta.get("domain_id", 0)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BankError(f"{name}: incomplete bank metadata or tensors ({e!r})") from e
+    return state, meta
+
+
+def read(path: str | Path) -> tuple[BankState, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise BankError(f"{path}: no such bank file")
+    return decode(path.read_bytes(), str(path))
+
+
+def save(path: str | Path, method: object, pack: ModelPack,
+         provenance: dict[str, str] | None = None) -> None:
+    """Write ``method``'s bank to ``path`` atomically."""
+    if not hasattr(method, "export_bank"):
+        raise BankError(f"method {getattr(method, 'name', method)!r} has no knowledge bank")
+    atomic_write_bytes(path, encode(method.export_bank(), pack.fingerprint, provenance))
+
+
+def load(path: str | Path, method: object, pack: ModelPack) -> dict:
+    """Load the bank at ``path`` into ``method`` (built on ``pack``); returns its metadata.
+    Refuses (:class:`BankError`, method unchanged) a bank of another pack, another layer
+    layout, a newer format, or a damaged file."""
+    if not hasattr(method, "import_bank"):
+        raise BankError(f"method {getattr(method, 'name', method)!r} has no knowledge bank")
+    state, meta = read(path)
+    if meta.get("pack_fingerprint") != pack.fingerprint:
+        raise BankError(
+            f"{path}: bank belongs to model pack {str(meta.get('pack_fingerprint'))[:12]}, not to "
+            f"the loaded pack {pack.fingerprint[:12]}; load the pack it was made with, or start "
+            "with an empty bank")
+    try:
+        method.import_bank(state)
+    except ValueError as e:
+        raise BankError(f"{path}: bank does not fit this method: {e}") from e
+    return meta
+
+
+def inspect_bank(path: str | Path) -> dict:
+    """Metadata, entry count and sizes in bytes of a bank file (verified, not loaded)."""
+    path = Path(path)
+    state, meta = read(path)
+    tensors = state.tensors()
+    sizes = {k: int(v.numel() * v.element_size()) for k, v in tensors.items()}
+    return {**meta, "path": str(path), "file_bytes": path.stat().st_size,
+            "entries": int(state.entries.shape[0]),
+            "bytes_per_entry": int(state.entries.shape[1] * 4) if state.entries.dim() == 2 else 0,
+            "tensor_bytes": sizes, "total_tensor_bytes": sum(sizes.values())}
+
+
+
+def content_hash(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the metadata JSON and every tensor (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _read_metadata(data: bytes) -> dict:
+    if len(data) < 8:
+        raise ValueError("file shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise ValueError("header runs past the end of the file")
+    return json.loads(data[8:8 + size]).get("__metadata__", {}) or {}

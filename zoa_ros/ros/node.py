@@ -1,0 +1,678 @@
+"""``zoa_node``: a lifecycle node that classifies camera frames with a quantized model and adapts
+it at test time, driving :class:`zoa_ros.core.engine.Engine` (no model math here).
+
+Lifecycle: *configure* loads the pack (or builds one from ``pack_build.*``), creates the engine
+with the method preset and autoloads the knowledge bank; *activate* subscribes to the cameras
+and starts the inference and adaptation threads; *deactivate* stops them and autosaves;
+*shutdown* (also on SIGINT/SIGTERM) autosaves when it was active. With ``autostart`` the node
+configures and activates itself.
+
+Threads: subscription callbacks only check headers and put the message into its camera's
+newest-frame slot (:mod:`.frame_slot`); one inference thread converts and classifies the newest
+frames (``Engine.predict(observe=True)``) and publishes; one adaptation thread calls
+``Engine.maybe_adapt()`` when woken (every ``adaptation.interval_frames`` frames, at most every
+``adaptation.min_period_s`` of node time), so a step never blocks classification.
+
+Topics (relative, so namespaced and remappable): in ``<camera>`` (sensor_msgs/Image) or
+``<camera>/compressed`` (CompressedImage); out ``classification_json`` (std_msgs/String),
+``classification`` (vision_msgs/Classification, when vision_msgs is installed), ``~/labels``
+(transient local, JSON list), ``/diagnostics`` (1 Hz). Services: ``~/save_knowledge``,
+``~/load_knowledge``, ``~/reset`` (std_srvs/Trigger), ``~/set_adaptation`` (SetBool).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from zoa_ros.ros import params as P
+
+P.use_default_fastdds_profile()   # before this process creates its first DDS participant
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.callback_groups import (  # noqa: E402
+    MutuallyExclusiveCallbackGroup,
+    ReentrantCallbackGroup,
+)
+from rclpy.clock import Clock, ClockType  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import (  # noqa: E402
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+
+from zoa_ros.ros import conversions  # noqa: E402
+from zoa_ros.ros.conversions import MalformedMessage  # noqa: E402
+from zoa_ros.ros.diagnostics import (  # noqa: E402
+    CameraCounts,
+    DiagnosticsTracker,
+    LatencyWindow,
+    Snapshot,
+    Thresholds,
+)
+from zoa_ros.ros.frame_slot import FrameSlots  # noqa: E402
+
+try:   # optional: ROS 2 vision_msgs (not on PyPI)
+    from vision_msgs.msg import Classification, ObjectHypothesis
+except ImportError:  # pragma: no cover - depends on the installation
+    Classification = ObjectHypothesis = None
+
+NODE_NAME = "zoa_node"
+
+# Dynamic parameters -> (target, field): "engine" = EngineConfig, "method" = the method's cfg.
+TUNING = {
+    "adaptation.interval_frames": ("engine", "interval_frames"),
+    "adaptation.min_period_s": ("engine", "min_period_s"),
+    "adaptation.stride": ("engine", "stride"),
+    "top_k": ("engine", "top_k"),
+    "adaptation.lr": ("method", "lr"),
+    "adaptation.alpha_lr": ("method", "alpha_lr"),
+    "adaptation.domain_threshold": ("method", "domain_t"),
+    "adaptation.detect_domains": ("method", "detect"),
+}
+PRESET_ZERO = {"adaptation.lr", "adaptation.alpha_lr", "adaptation.domain_threshold"}
+
+
+class ZoaNode(LifecycleNode):
+    """See the module docstring. Raises :class:`params.ParameterError` on bad start-up
+    parameters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        P.declare_all(self)
+        self._warn_unknown_overrides()
+        log = self.get_logger()
+        self._engine: Any = None
+        self._initial_method_cfg: Any = None
+        self._control_lock = threading.Lock()   # adaptation step / reset / bank load / save
+        self._error = ""
+        self._autosave_blocked = ""
+        self._state = "unconfigured"
+        self._active_since: float | None = None
+        self._cameras = list(self.p("image_topics"))
+        self._transport = self.p("transport")
+        self._slots = FrameSlots(tuple(self._cameras))
+        self._counts = {c: CameraCounts(self._input_topic(c)) for c in self._cameras}
+        self._counts_lock = threading.Lock()
+        self._logged: dict[tuple[str, str], float] = {}   # throttled malformed-message logs
+        self._latency = LatencyWindow(self.p("diagnostics.latency_window"))
+        self._inference_errors = 0
+        self._adapt_errors = 0
+        self._subs: list[Any] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._adapt_wake = threading.Event()
+        self._tracker = DiagnosticsTracker(self.get_fully_qualified_name())
+
+        self._input_group = ReentrantCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._json_pub = self.create_publisher(String, "classification_json", 10)
+        self._vision_pub = (self.create_publisher(Classification, "classification", 10)
+                            if Classification is not None else None)
+        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._labels_pub = self.create_publisher(String, "~/labels", latched)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for name, kind, handler in (("~/save_knowledge", Trigger, self._srv_save),
+                                    ("~/load_knowledge", Trigger, self._srv_load),
+                                    ("~/reset", Trigger, self._srv_reset),
+                                    ("~/set_adaptation", SetBool, self._srv_set_adaptation)):
+            self.create_service(kind, name, handler, callback_group=self._service_group)
+        self._diag_timer = self.create_timer(
+            self.p("diagnostics.period_s"), self._publish_diagnostics,
+            callback_group=self._timer_group, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        log.info(f"{len(self._cameras)} camera(s) {self._cameras} ({self._transport}); "
+                 f"vision_msgs {'available' if Classification else 'not installed'}")
+
+    # ---- small helpers ------------------------------------------------------------------
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    def _input_topic(self, camera: str) -> str:
+        return f"{camera}/compressed" if self._transport == "compressed" else camera
+
+    def _bank_path(self) -> Path | None:
+        text = str(self.p("knowledge.bank_path")).strip()
+        return Path(os.path.expandvars(os.path.expanduser(text))).absolute() if text else None
+
+    def _node_seconds(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _warn_unknown_overrides(self) -> None:
+        known = set(P.BY_NAME) | {"use_sim_time", "start_type_description_service"}
+        unknown = sorted(set(self._parameter_overrides) - known)
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameters {unknown} (typo?)")
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        log = self.get_logger()
+        try:
+            engine = self._build_engine()
+        except Exception as e:  # any failure: report it and stay unconfigured
+            self._error = f"configure failed: {e}"
+            log.error(self._error)
+            return TransitionCallbackReturn.FAILURE
+        self._engine = engine
+        self._initial_method_cfg = getattr(engine.method, "cfg", None)
+        self._error = ""
+        self._labels_pub.publish(String(data=json.dumps(list(engine.labels))))
+        self._autoload()
+        self._state = "inactive"
+        log.info(f"configured: {engine.pack.spec.name} {engine.pack.quant.name}, method "
+                 f"{engine.config.method}, {len(engine.labels)} labels")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._engine is None:
+            return TransitionCallbackReturn.FAILURE
+        self._start_streaming()
+        self._state = "active"
+        self.get_logger().info("active: classifying " + ", ".join(
+            self._input_topic(c) for c in self._cameras))
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_streaming()
+        self._state = "inactive"
+        self._autosave("deactivate")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_engine()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if state.label == "active":
+            self._stop_streaming()
+            self._autosave("shutdown")
+        self._drop_engine()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_streaming()
+        self._drop_engine()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    @property
+    def state_label(self) -> str:
+        return self._state
+
+    def start(self) -> bool:
+        """configure + activate (autostart); False if either failed."""
+        return (self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                and self.trigger_activate() == TransitionCallbackReturn.SUCCESS)
+
+    def finish(self) -> None:
+        """The shutdown transition, from whatever state the node is in."""
+        if self._state != "finalized":
+            try:
+                self.trigger_shutdown()
+            except Exception as e:   # e.g. a transition was in progress
+                self.get_logger().error(f"shutdown transition failed: {e}")
+                self._stop_streaming()
+                if self._state == "active":
+                    self._autosave("shutdown")
+                self._drop_engine()
+                self._state = "finalized"
+
+    # ---- configure ----------------------------------------------------------------------
+    def _build_engine(self) -> Any:
+        pack = self._load_pack()
+        from zoa_ros.core.engine import Engine, EngineConfig
+
+        method = self.p("adaptation.method")
+        batch = self.p("adaptation.batch_size")
+        min_batch = self.p("adaptation.min_batch") or batch
+        if not 2 <= min_batch <= batch:
+            raise ValueError(f"adaptation.min_batch {min_batch} must be 2..batch_size ({batch})")
+        buffer = self.p("adaptation.buffer_size") or None
+        top_k = self.p("top_k")
+        if top_k > len(pack.labels):
+            raise ValueError(f"top_k {top_k} > the pack's {len(pack.labels)} labels")
+        method_config: dict[str, Any] = {}
+        if method == "zoa":
+            method_config = {
+                "preset": self.p("adaptation.preset"),
+                "bn_stats": self.p("adaptation.bn_stats"),
+                "min_adapt_batch": min_batch,
+                "detect_min_batch": self.p("adaptation.detect_min_batch") or batch,
+                "detect": self.p("adaptation.detect_domains"),
+            }
+            for name in PRESET_ZERO:
+                if self.p(name) > 0:
+                    method_config[TUNING[name][1]] = self.p(name)
+        config = EngineConfig(
+            method=method, method_config=method_config, seed=self.p("seed"), mode="streaming",
+            batch_size=batch, interval_frames=self.p("adaptation.interval_frames"),
+            buffer_size=buffer, min_frames=min_batch,
+            min_period_s=self.p("adaptation.min_period_s"), stride=self.p("adaptation.stride"),
+            top_k=top_k, device=self.p("device"), adapt_enabled=self.p("adaptation.enabled"))
+        return Engine(pack, config, clock=self._node_seconds)
+
+    def _load_pack(self) -> Any:
+        text = str(self.p("pack")).strip()
+        model = str(self.p("pack_build.model")).strip()
+        if not text and not model:
+            raise ValueError(
+                "parameter 'pack' is empty: set it to a model pack (.zoapack, made with "
+                "'zoa-ros calibrate'), or set pack_build.model and pack_build.images to "
+                "calibrate one at configure")
+        from zoa_ros.core.pack import ModelPack
+
+        if text:
+            return ModelPack.load(Path(os.path.expandvars(os.path.expanduser(text))))
+        return self._build_pack(model)
+
+    def _build_pack(self, model: str) -> Any:
+        from zoa_ros.core.calibration import build_pack
+        from zoa_ros.core.images import find_images
+        from zoa_ros.core.models import ModelSpec
+        from zoa_ros.core.pack import ModelPack, PackError
+        from zoa_ros.core.quant import QuantConfig
+
+        spec = ModelSpec(model, self.p("pack_build.weights") or "random")
+        quant = QuantConfig.parse(self.p("pack_build.quant"))
+        out_text = str(self.p("pack_build.out")).strip()
+        out = Path(os.path.expanduser(out_text)) if out_text else None
+        if out is not None and out.is_file():
+            try:
+                pack = ModelPack.load(out)
+                if pack.spec.name == spec.name and pack.spec.weights == spec.weights \
+                        and pack.quant.name == quant.name:
+                    self.get_logger().info(f"reusing built pack {out}")
+                    return pack
+            except PackError as e:
+                self.get_logger().warning(f"rebuilding {out}: {e}")
+        folder = str(self.p("pack_build.images")).strip()
+        images = find_images(Path(os.path.expanduser(folder))) if folder else []
+        if not images:
+            raise ValueError(f"pack_build.images {folder!r}: no calibration images found")
+        self.get_logger().info(f"calibrating {model} {quant.name} on {len(images)} images ...")
+        pack = build_pack(spec, quant, images, num_images=self.p("pack_build.num_images"),
+                          progress=False)
+        if out is not None:
+            pack.save(out)
+        return pack
+
+    def _has_bank(self) -> bool:
+        return self._engine is not None and hasattr(self._engine.method, "export_bank")
+
+    def _autoload(self) -> None:
+        path = self._bank_path()
+        if not (self.p("knowledge.autoload") and self._has_bank() and path and path.is_file()):
+            return
+        ok, message = self._load_bank()
+        if ok:
+            self.get_logger().info(f"autoload: {message}")
+        else:
+            self._autosave_blocked = (f"autosave suspended: autoload failed ({message}); "
+                                      "~/save_knowledge or ~/load_knowledge clears this")
+            self.get_logger().error(self._autosave_blocked)
+
+    def _drop_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        self._engine = None
+        self._initial_method_cfg = None
+
+    # ---- streaming ----------------------------------------------------------------------
+    def _input_qos(self) -> QoSProfile:
+        reliability = (ReliabilityPolicy.RELIABLE if self.p("qos.reliability") == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        return QoSProfile(depth=self.p("qos.depth"), history=HistoryPolicy.KEEP_LAST,
+                          reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+    def _start_streaming(self) -> None:
+        self._stop.clear()
+        self._adapt_wake.clear()
+        self._slots.clear()
+        self._slots.reopen()
+        kind = "compressed" if self._transport == "compressed" else "raw"
+        msg_type = CompressedImage if kind == "compressed" else Image
+        qos = self._input_qos()
+        for camera in self._cameras:
+            self._subs.append(self.create_subscription(
+                msg_type, self._input_topic(camera), self._input_callback(camera, kind), qos,
+                callback_group=self._input_group))
+        self._active_since = time.monotonic()
+        self._threads = [threading.Thread(target=self._inference_loop, name="zoa_inference",
+                                          daemon=True),
+                         threading.Thread(target=self._adaptation_loop, name="zoa_adaptation",
+                                          daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _stop_streaming(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        self._stop.set()
+        self._slots.close()
+        self._adapt_wake.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self._threads = []
+        self._active_since = None
+
+    def _input_callback(self, camera: str, kind: str) -> Any:
+        check = conversions.check_compressed if kind == "compressed" else conversions.check_image
+        counts = self._counts[camera]
+
+        def callback(msg: Any) -> None:
+            with self._counts_lock:
+                counts.received += 1
+                counts.last_received = time.monotonic()
+            try:
+                check(msg)
+            except MalformedMessage as e:
+                self._malformed(camera, str(e))
+                return
+            self._slots.put(camera, msg, kind)
+
+        return callback
+
+    def _malformed(self, camera: str, reason: str) -> None:
+        """Count a malformed message; log each kind of problem at most every 5 s per camera."""
+        key = (camera, re.sub(r"[\d.]+", "#", reason))
+        now = time.monotonic()
+        with self._counts_lock:
+            self._counts[camera].malformed += 1
+            due = now - self._logged.get(key, -math.inf) >= 5.0
+            if due:
+                self._logged[key] = now
+        if due:
+            self.get_logger().warning(
+                f"malformed message on {self._input_topic(camera)}: {reason}")
+
+    def _inference_loop(self) -> None:
+        from zoa_ros.core.engine import MalformedFrame
+
+        engine = self._engine
+        log = self.get_logger()
+        while not self._stop.is_set():
+            item = self._slots.take(timeout=0.25)
+            if item is None:
+                continue
+            try:
+                frame = conversions.to_array(item.message, item.kind)
+            except MalformedMessage as e:
+                engine.note_malformed(1)
+                self._malformed(item.camera, str(e))
+                continue
+            observe = engine.adapt_enabled
+            start = time.perf_counter()
+            try:
+                prediction = engine.predict(frame, observe=observe)[0]
+            except MalformedFrame as e:   # already counted by the engine
+                self._malformed(item.camera, str(e))
+                continue
+            except Exception as e:
+                self._inference_errors += 1
+                log.error(f"inference failed: {e!r}", throttle_duration_sec=5.0)
+                continue
+            ms = (time.perf_counter() - start) * 1e3
+            self._latency.add(ms)
+            header = item.message.header
+            bank_entries = engine.stats().bank_entries
+            self._json_pub.publish(String(data=conversions.result_json(
+                header, item.camera, prediction.top, ms, prediction.adapt_steps, bank_entries,
+                prediction.domain_id)))
+            if self._vision_pub is not None:
+                self._vision_pub.publish(conversions.vision_classification(
+                    Classification, ObjectHypothesis, header, prediction.top))
+            with self._counts_lock:
+                self._counts[item.camera].classified += 1
+            if observe:
+                self._adapt_wake.set()
+
+    def _adaptation_loop(self) -> None:
+        engine = self._engine
+        log = self.get_logger()
+        while not self._stop.is_set():
+            self._adapt_wake.wait(0.25)
+            self._adapt_wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                with self._control_lock:
+                    report = engine.maybe_adapt()
+            except Exception as e:
+                self._adapt_errors += 1
+                log.error(f"adaptation step failed: {e!r}", throttle_duration_sec=5.0)
+                self._stop.wait(1.0)
+                continue
+            if report is not None:
+                log.debug(f"adaptation step {report.step}: {report.frames} frames, "
+                          f"{report.ms:.0f} ms")
+                if report.domain_changed:
+                    log.info(f"domain change: now domain {report.domain_id}, "
+                             f"{report.bank_entries} bank entries")
+
+    # ---- knowledge bank -----------------------------------------------------------------
+    def _save_bank(self) -> tuple[bool, str]:
+        engine, path = self._engine, self._bank_path()
+        if engine is None:
+            return False, "not configured: no model loaded"
+        if path is None:
+            return False, "knowledge.bank_path is empty"
+        try:
+            with self._control_lock:
+                engine.save_bank(path, provenance={"writer": self.get_fully_qualified_name()})
+        except (ValueError, OSError) as e:
+            return False, f"save to {path} failed: {e}; any previous file is unchanged"
+        self._autosave_blocked = ""
+        entries = engine.stats().bank_entries
+        return True, f"saved {entries} bank entries ({path.stat().st_size} bytes) to {path}"
+
+    def _load_bank(self) -> tuple[bool, str]:
+        engine, path = self._engine, self._bank_path()
+        if engine is None:
+            return False, "not configured: no model loaded"
+        if path is None:
+            return False, "knowledge.bank_path is empty"
+        if not path.is_file():
+            return False, f"no bank file at {path}; the running bank is unchanged"
+        try:
+            with self._control_lock:
+                engine.load_bank(path)
+        except (ValueError, OSError) as e:
+            return False, f"refused {path}: {e}; the running bank is unchanged"
+        self._autosave_blocked = ""
+        entries = engine.stats().bank_entries
+        return True, f"loaded {entries} bank entries ({path.stat().st_size} bytes) from {path}"
+
+    def _autosave(self, when: str) -> None:
+        if not (self.p("knowledge.autosave") and self._has_bank()):
+            return
+        log = self.get_logger()
+        if self._autosave_blocked:
+            log.warning(f"{when}: {self._autosave_blocked}")
+            return
+        ok, message = self._save_bank()
+        (log.info if ok else log.error)(f"autosave on {when}: {message}")
+
+    # ---- services -----------------------------------------------------------------------
+    def _srv_save(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        response.success, response.message = self._save_bank()
+        return response
+
+    def _srv_load(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        response.success, response.message = self._load_bank()
+        return response
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        from zoa_ros.core.controls import reset_to_source
+
+        engine = self._engine
+        if engine is None:
+            response.success, response.message = False, "not configured: no model loaded"
+            return response
+        keep = self.p("reset.keep_bank")
+        try:
+            with self._control_lock:
+                kept = reset_to_source(engine, keep)
+        except (ValueError, RuntimeError) as e:
+            response.success, response.message = False, f"reset failed: {e}"
+            return response
+        response.success = True
+        response.message = ("back to the source model; " + (
+            f"kept {kept} bank entries" if keep else
+            "in-memory bank emptied (the bank file is untouched)"))
+        self.get_logger().info(f"reset: {response.message}")
+        return response
+
+    def _srv_set_adaptation(self, request: SetBool.Request, response: SetBool.Response) -> Any:
+        result = self.set_parameters([Parameter("adaptation.enabled", value=bool(request.data))])
+        response.success = result[0].successful
+        response.message = (f"adaptation {'on' if request.data else 'off'}"
+                            + ("" if self._engine is not None else " (applies once configured)")
+                            if response.success else result[0].reason)
+        return response
+
+    # ---- parameters ---------------------------------------------------------------------
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        values = {}
+        for prm in parameters:
+            value = list(prm.value) if isinstance(prm.value, list | tuple) else prm.value
+            reason = P.validate(prm.name, value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            values[prm.name] = value
+        engine = self._engine
+        if engine is None:
+            return SetParametersResult(successful=True)
+        if "top_k" in values and values["top_k"] > len(engine.labels):
+            return SetParametersResult(
+                successful=False, reason=f"top_k must be <= {len(engine.labels)} (labels)")
+        changes: dict[str, dict[str, Any]] = {"engine": {}, "method": {}}
+        for name, value in values.items():
+            if name not in TUNING:
+                continue
+            target, field = TUNING[name]
+            if name in PRESET_ZERO and value == 0:
+                if self._initial_method_cfg is None:
+                    continue
+                value = getattr(self._initial_method_cfg, field)
+            if target == "method" and self._initial_method_cfg is None and \
+                    value == P.BY_NAME[name].default:
+                continue
+            changes[target][field] = float(value) if isinstance(
+                P.BY_NAME[name].default, float) else value
+        from zoa_ros.core.controls import tune
+        try:
+            tune(engine, changes["engine"], changes["method"])
+        except (ValueError, TypeError) as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        if "adaptation.enabled" in values:
+            engine.set_adaptation(bool(values["adaptation.enabled"]))
+            self.get_logger().info(
+                f"adaptation {'on' if values['adaptation.enabled'] else 'off'}")
+        return SetParametersResult(successful=True)
+
+    # ---- diagnostics --------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        engine = self._engine
+        slots = self._slots.counters()
+        with self._counts_lock:
+            cameras = {c: CameraCounts(k.topic, k.received, slots[c].dropped, k.malformed,
+                                       k.classified, k.last_received)
+                       for c, k in self._counts.items()}
+        p50, p99 = self._latency.percentiles(50, 99)
+        snap = Snapshot(now=time.monotonic(), state=self._state, error=self._error,
+                        active_since=self._active_since, cameras=cameras,
+                        latency_p50_ms=p50, latency_p99_ms=p99,
+                        inference_errors=self._inference_errors,
+                        adaptation_errors=self._adapt_errors,
+                        autosave_blocked=self._autosave_blocked)
+        if engine is not None:
+            stats = engine.stats()
+            snap.adaptation_enabled = engine.adapt_enabled
+            snap.method = engine.config.method
+            snap.adaptation_steps = stats.adapt_steps
+            snap.adaptation_skipped = stats.adapt_skipped
+            snap.last_step_ms = stats.last_step_ms
+            snap.domain_changes = stats.domain_changes
+            snap.domain = stats.domain_id or 0
+            snap.bank_entries = stats.bank_entries
+            snap.bank_bytes = stats.bank_bytes
+            snap.resets = stats.resets
+            snap.model = f"{engine.pack.spec.name} {engine.pack.quant.name}"
+        return snap
+
+    def _publish_diagnostics(self) -> None:
+        thresholds = Thresholds(self.p("diagnostics.stale_input_s"),
+                                self.p("diagnostics.max_latency_ms"))
+        self._diag_pub.publish(self._tracker.message(
+            self.snapshot(), thresholds, self.get_clock().now().to_msg()))
+
+
+def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
+    """Run the node until SIGINT/SIGTERM or a lifecycle shutdown; 0 on a clean exit, 1 if
+    autostart could not configure/activate, 2 on bad parameters."""
+    args = list(sys.argv if argv is None else ["zoa_node", *argv])
+    if any(a in ("-h", "--help") for a in args[1:args.index("--ros-args")
+                                                 if "--ros-args" in args else None]):
+        print(P.help_text(prog))
+        return 0
+    P.use_default_fastdds_profile()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node = ZoaNode()
+    except P.ParameterError as e:
+        print(f"zoa_node: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, name="zoa_executor", daemon=True)
+    spinner.start()
+    code = 0
+    if node.p("autostart") and not node.start():
+        node.get_logger().error(f"autostart failed: {node._error or 'see the log above'}")
+        code = 1
+        stop.set()
+    while not stop.wait(0.2):
+        if node.state_label == "finalized" or not spinner.is_alive():
+            break
+    node.finish()
+    executor.shutdown(timeout_sec=5)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    spinner.join(timeout=5)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
