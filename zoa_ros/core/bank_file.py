@@ -12,12 +12,10 @@ file leaves the running bank exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -25,6 +23,7 @@ from safetensors.torch import save as st_save
 from zoa_ros.core.adapt.bank import BankState
 from zoa_ros.core.atomic import atomic_write_bytes
 from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.tensor_file import content_hash, read_metadata
 
 FORMAT = "zoa_ros.bank"
 FORMAT_VERSION = 1
@@ -58,7 +57,7 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
     file is not a complete, unmodified bank of a supported version."""
     try:
         tensors = st_load(data)
-        meta_text = _read_metadata(data).get(_META_KEY)
+        meta_text = read_metadata(data).get(_META_KEY)
         meta = json.loads(meta_text) if meta_text is not None else None
     except (SafetensorError, ValueError, json.JSONDecodeError) as e:
         raise BankError(f"{name}: not a readable bank file (truncated or not safetensors: {e}); "
@@ -142,23 +141,3 @@ def inspect_bank(path: str | Path) -> dict:
             "tensor_bytes": sizes, "total_tensor_bytes": sum(sizes.values())}
 
 
-
-def content_hash(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the metadata JSON and every tensor (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        digest.update(key.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _read_metadata(data: bytes) -> dict:
-    if len(data) < 8:
-        raise ValueError("file shorter than a safetensors header")
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        raise ValueError("header runs past the end of the file")
-    return json.loads(data[8:8 + size]).get("__metadata__", {}) or {}

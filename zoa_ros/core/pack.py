@@ -9,7 +9,6 @@ tampered file is refused with a message that says what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from torch import nn
 from zoa_ros.core.atomic import atomic_write_bytes
 from zoa_ros.core.models import ModelSpec, build_model, weights_fingerprint
 from zoa_ros.core.quant import QuantConfig, quantize_model
+from zoa_ros.core.tensor_file import content_hash, read_metadata
 
 FORMAT = "zoa_ros.pack"
 FORMAT_VERSION = 1
@@ -84,12 +84,12 @@ class ModelPack:
     @property
     def fingerprint(self) -> str:
         """sha256 over the metadata and every tensor; what a knowledge bank is tied to."""
-        return _content_hash(self.metadata(), self.tensors())
+        return content_hash(self.metadata(), self.tensors())
 
     # ---- files ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         meta = self.metadata()
-        meta["content_sha256"] = _content_hash(meta, self.tensors())
+        meta["content_sha256"] = content_hash(meta, self.tensors())
         return st_save(self.tensors(), metadata={_META_KEY: json.dumps(meta)})
 
     def save(self, path: str | Path) -> None:
@@ -106,7 +106,7 @@ class ModelPack:
     def from_bytes(cls, data: bytes, name: str = "<pack>") -> ModelPack:
         try:
             tensors = st_load(data)
-            meta_text = _read_metadata(data).get(_META_KEY)
+            meta_text = read_metadata(data).get(_META_KEY)
         except (SafetensorError, ValueError, json.JSONDecodeError) as e:
             raise PackError(f"{name}: not a readable pack (truncated or not safetensors: {e})") \
                 from e
@@ -119,7 +119,7 @@ class ModelPack:
             raise PackError(f"{name}: pack format {meta['format_version']} is newer than this "
                             f"zoa_ros supports ({FORMAT_VERSION}); upgrade zoa_ros")
         stored = meta.pop("content_sha256", None)
-        if stored != _content_hash(meta, tensors):
+        if stored != content_hash(meta, tensors):
             raise PackError(f"{name}: content hash mismatch: the pack was modified or corrupted")
         missing = [k for k in _STATS if k not in tensors]
         if missing:
@@ -178,23 +178,3 @@ def library_versions() -> dict[str, str]:
     return {"zoa_ros": zoa_ros.__version__, "torch": torch.__version__, "timm": timm.__version__,
             "safetensors": safetensors.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
-
-
-def _read_metadata(data: bytes) -> dict:
-    if len(data) < 8:
-        raise ValueError("file shorter than a safetensors header")
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        raise ValueError("header runs past the end of the file")
-    return json.loads(data[8:8 + size]).get("__metadata__", {}) or {}
-
-
-def _content_hash(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        digest.update(key.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Subcommand modules under zoa_ros.tools, in the order --help lists them.
-COMMANDS = ("calibrate", "classify", "info", "evaluate", "bench", "demo", "node")
+COMMANDS = ("calibrate", "classify", "info", "evaluate", "bank", "bench", "demo", "node")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,51 +1,211 @@
-"""``zoa-ros demo``: the main job on the embedded default - classify real photos with the
-W8A8-quantized EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0 pip package) and
-print the top-5 with latencies. The pack is calibrated once on the bundled photos and reused."""
+"""``zoa-ros demo``: the main job on the embedded default.
+
+``zoa_node`` runs as its own process (default config, W8A8 EfficientNet-Lite0 with the ImageNet
+weights of the efficientnet-lite0 pip package) while a virtual camera publishes real photos
+bundled with scikit-image at 15 Hz (640x480 rgb8) through a schedule of domains: clean, then
+corruptions, then clean again. A console table shows per domain the frames, how often the node
+agrees with its own clean-frame prediction of the same photo, adaptation steps, bank entries and
+latency. It ends by calling ``~/save_knowledge``, restarting the node, calling
+``~/load_knowledge`` and checking the bank came back.
+
+``--photos-only`` just classifies the photos (no ROS).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from zoa_ros.core.calibration import build_pack
 from zoa_ros.core.models import ModelSpec
 from zoa_ros.core.pack import ModelPack, PackError
 from zoa_ros.core.quant import QuantConfig
-from zoa_ros.core.sample_photos import write_photos
-from zoa_ros.tools import classify
+from zoa_ros.core.sample_photos import PHOTOS, load_photo, write_photos
 
 MODEL = ModelSpec("tf_efficientnet_lite0", "efficientnet-lite0")
+SCHEDULE = "clean:10,gaussian_noise:14,fog:14,contrast:12,clean:8"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="classify bundled photos with quantized EfficientNet-Lite0",
-                       description=__doc__)
-    p.add_argument("--out", default="out/demo", help="folder for the photos and the pack")
-    p.add_argument("--quant", default="w8a8")
+    p = sub.add_parser("demo", help="node + virtual camera through changing domains",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="out/demo", help="folder for photos, pack, bank and logs")
+    p.add_argument("--quant", default="w8a8", choices=("none", "w8a8", "w6a6", "w4a4"))
+    p.add_argument("--schedule", default=SCHEDULE, help="DOMAIN:SECONDS,... (default %(default)s)")
+    p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
+    p.add_argument("--rate", type=float, default=15.0, help="camera rate in Hz")
+    p.add_argument("--photos-only", action="store_true", help="classify the photos, no ROS")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    photos = write_photos(out / "photos")
     pack_path = out / f"efficientnet_lite0_{args.quant}.zoapack"
-    pack = _cached_pack(pack_path)
-    if pack is None:
-        print(f"calibrating {MODEL.name} {args.quant} on {len(photos)} bundled photos ...")
-        pack = build_pack(MODEL, QuantConfig.parse(args.quant), photos, num_images=len(photos))
-        pack.save(pack_path)
-    print(f"pack {pack_path} ({pack.quant.name}, fingerprint {pack.fingerprint[:12]})\n")
-    return classify.run(argparse.Namespace(pack=str(pack_path), json=False, top_k=5,
-                                           images=[str(p) for p in photos]))
+    photos = write_photos(out / "photos")
+    _ensure_pack(pack_path, photos, args.quant)
+    if args.photos_only:
+        from zoa_ros.tools import classify
+        return classify.run(argparse.Namespace(pack=str(pack_path), json=False, top_k=5,
+                                               images=[str(p) for p in photos]))
+    return _live(args, out, pack_path)
 
 
-def _cached_pack(path: Path) -> ModelPack | None:
-    if not path.exists():
-        return None
+def _ensure_pack(path: Path, photos: list[Path], quant: str) -> None:
+    if path.exists():
+        try:
+            ModelPack.load(path).build_model()
+            return
+        except PackError as e:
+            print(f"rebuilding {path}: {e}")
+    print(f"calibrating {MODEL.name} {quant} on {len(photos)} bundled photos ...", flush=True)
+    build_pack(MODEL, QuantConfig.parse(quant), photos, num_images=len(photos),
+               progress=False).save(path)
+
+
+def _live(args: argparse.Namespace, out: Path, pack_path: Path) -> int:
+    from zoa_ros.ros import params
+    from zoa_ros.ros.node_process import ros_env
+
+    env = ros_env(domain_id=100 + os.getpid() % 100, ros_home=out / "ros")
+    params.use_default_fastdds_profile(env)
+    os.environ.update(env)  # this process joins the same isolated graph
+    import rclpy
+
+    from zoa_ros.ros.virtual_camera import parse_schedule
+
+    phases = parse_schedule(args.schedule)
+    rclpy.init()
     try:
-        pack = ModelPack.load(path)
-        pack.build_model()
-        return pack
-    except PackError as e:
-        print(f"rebuilding {path}: {e}")
-        return None
+        return _Demo(args, out, pack_path, phases, env).run()
+    finally:
+        rclpy.try_shutdown()
+
+
+class _Demo:
+    """The orchestration: camera + result listener in this process, the node in another."""
+
+    def __init__(self, args, out, pack_path, phases, env) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import String
+
+        from zoa_ros.ros.virtual_camera import VirtualCamera, render_frames
+
+        self.args, self.out, self.phases, self.env = args, out, phases, env
+        self.bank = out / "demo.zoabank"
+        self.bank.unlink(missing_ok=True)
+        self.overrides = {"pack": pack_path.resolve(), "knowledge.bank_path": self.bank.resolve(),
+                          "knowledge.autoload": False, "adaptation.interval_frames": 32}
+        print("rendering frames ...", flush=True)
+        images = [load_photo(n) for n in PHOTOS]
+        self.frames = render_frames(images, {p.domain for p in phases}, (640, 480),
+                                    args.severity)
+        self.camera = VirtualCamera(topic="image")
+        self.sent: dict[tuple[int, int], tuple[int, int, float]] = {}
+        self.results: dict[int, list[dict]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.camera.create_subscription(String, "classification_json", self._on_result, 50)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.camera)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+
+    def run(self) -> int:
+        from zoa_ros.ros.node_process import NodeProcess, call_trigger
+
+        self.spinner.start()
+        log = self.out / "node.log"
+        node = NodeProcess(self.overrides, self.env, log)
+        try:
+            self._wait_for_node(node)
+            self._stream()
+            saved = call_trigger(self.camera, "/zoa_node/save_knowledge")
+            print(f"\n~/save_knowledge: {saved.message}")
+        finally:
+            code = node.stop()
+        print(f"node stopped (exit code {code}); restarting it with an empty bank ...",
+              flush=True)
+        node = NodeProcess({**self.overrides, "knowledge.autosave": False}, self.env, log)
+        try:
+            self._wait_for_node(node)
+            loaded = call_trigger(self.camera, "/zoa_node/load_knowledge", timeout=120)
+            print(f"~/load_knowledge: {loaded.message}")
+        finally:
+            node.stop()
+            self.executor.shutdown()
+            self.spinner.join(timeout=5)
+        ok = saved.success and loaded.success and _entries(saved) == _entries(loaded)
+        print("bank came back after the restart: "
+              f"{'yes' if ok else 'NO'} ({_entries(loaded)} entries)")
+        return 0 if ok else 1
+
+    def _wait_for_node(self, node) -> None:
+        """Until the node is active: its camera subscription matches our publisher."""
+        print("starting zoa_node (loading the pack) ...", flush=True)
+        deadline = time.monotonic() + 120
+        while self.camera.publisher.get_subscription_count() == 0:
+            if not node.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"zoa_node did not come up; see {node.log_path}")
+            time.sleep(0.1)
+
+    def _on_result(self, msg) -> None:
+        result = json.loads(msg.data)
+        key = (result["stamp"]["sec"], result["stamp"]["nanosec"])
+        with self.lock:
+            sent = self.sent.get(key)
+            if sent is not None:
+                phase, photo, t_pub = sent
+                result["photo"], result["e2e_ms"] = photo, (time.monotonic() - t_pub) * 1e3
+                self.results[phase].append(result)
+
+    def _stream(self) -> None:
+        period = 1.0 / self.args.rate
+        print(f"\ncamera: {len(PHOTOS)} photos at {self.args.rate:g} Hz, 640x480 rgb8, "
+              f"severity {self.args.severity}\n")
+        print(f"{'domain':16s} {'sent':>5s} {'classified':>10s} {'agree w/ clean':>14s} "
+              f"{'adapt steps':>11s} {'bank':>4s} {'infer ms p50':>12s} {'e2e ms p50':>10s}")
+        clean_top1: dict[int, int] = {}
+        tick, n = time.monotonic(), 0
+        for index, phase in enumerate(self.phases):
+            end = tick + phase.seconds
+            sent = 0
+            while tick < end:
+                photo = n % len(PHOTOS)
+                stamp = self.camera.publish(self.frames[(phase.domain, photo)])
+                with self.lock:
+                    self.sent[stamp] = (index, photo, time.monotonic())
+                n, sent, tick = n + 1, sent + 1, tick + period
+                time.sleep(max(0.0, tick - time.monotonic()))
+            time.sleep(0.3)  # let in-flight results arrive
+            self._print_row(index, phase.domain, sent, clean_top1)
+
+    def _print_row(self, index: int, domain: str, sent: int, clean_top1: dict) -> None:
+        with self.lock:
+            rows = list(self.results[index])
+        top1 = {}
+        for r in rows:
+            top1.setdefault(r["photo"], r["results"][0]["class_index"])
+        if domain == "clean" and not clean_top1:
+            clean_top1.update(top1)
+        agree = [r["results"][0]["class_index"] == clean_top1.get(r["photo"]) for r in rows
+                 if r["photo"] in clean_top1]
+        last = rows[-1] if rows else {"adaptation_steps": 0, "bank_entries": 0}
+        print(f"{domain:16s} {sent:5d} {len(rows):10d} "
+              f"{100 * np.mean(agree) if agree else float('nan'):13.0f}% "
+              f"{last['adaptation_steps']:11d} {last['bank_entries']:4d} "
+              f"{_p50(rows, 'inference_ms'):12.1f} {_p50(rows, 'e2e_ms'):10.1f}", flush=True)
+
+
+def _p50(rows: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in rows])) if rows else float("nan")
+
+
+def _entries(response) -> int | None:
+    import re
+    match = re.search(r"(\d+) entr", response.message)
+    return int(match.group(1)) if match else None
