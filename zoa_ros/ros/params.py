@@ -9,11 +9,11 @@ others are validated in the node's set-parameters callback and applied while it 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from zoa_ros.core.config_files import config_path
 
 
 @dataclass(frozen=True)
@@ -195,18 +195,6 @@ def declare_all(node: Any, specs: Iterable[Spec] = SPECS) -> None:
         raise ParameterError("bad parameters: " + "; ".join(errors))
 
 
-def config_path(name: str) -> Path | None:
-    """A file shipped in ``config/``: the source tree / editable install
-    (``Path(__file__).parents[2] / 'config'``), then the installed ROS package share (ament
-    index), then ``<prefix>/share/zoa_ros/config`` of a non-editable pip install."""
-    candidates = [Path(__file__).resolve().parents[2] / "config" / name]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidates.append(Path(get_package_share_directory("zoa_ros")) / "config" / name)
-    except Exception:   # not a ROS install, or the package is not indexed
-        pass
-    candidates.append(Path(sys.prefix) / "share" / "zoa_ros" / "config" / name)
-    return next((p for p in candidates if p.is_file()), None)
 
 
 FASTDDS_PROFILE = "fastdds_large_images.xml"

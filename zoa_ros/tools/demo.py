@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default=SCHEDULE, help="DOMAIN:SECONDS,... (default %(default)s)")
     p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
     p.add_argument("--rate", type=float, default=15.0, help="camera rate in Hz")
+    p.add_argument("--no-adaptation", action="store_true",
+                   help="run the node with adaptation.enabled false (the baseline)")
     p.add_argument("--photos-only", action="store_true", help="classify the photos, no ROS")
     p.set_defaults(run=run)
 
@@ -101,7 +103,8 @@ class _Demo:
         self.bank = out / "demo.zoabank"
         self.bank.unlink(missing_ok=True)
         self.overrides = {"pack": pack_path.resolve(), "knowledge.bank_path": self.bank.resolve(),
-                          "knowledge.autoload": False, "adaptation.interval_frames": 32}
+                          "knowledge.autoload": False, "adaptation.interval_frames": 32,
+                          "adaptation.enabled": not args.no_adaptation}
         print("rendering frames ...", flush=True)
         images = [load_photo(n) for n in PHOTOS]
         self.frames = render_frames(images, {p.domain for p in phases}, (640, 480),
@@ -207,5 +210,5 @@ def _p50(rows: list[dict], key: str) -> float:
 
 def _entries(response) -> int | None:
     import re
-    match = re.search(r"(\d+) entr", response.message)
+    match = re.search(r"(\d+) bank entr", response.message)
     return int(match.group(1)) if match else None

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
+
+from zoa_ros.core.config_files import config_path
 
 
 class PresetError(ValueError):
     """No preset file, or no preset for the requested family / quantization."""
 
 
-def config_dir() -> Path:
-    """The repository's ``config/`` (source checkout / editable install), else the ROS
-    package's installed ``share/zoa_ros/config``."""
-    local = Path(__file__).resolve().parents[3] / "config"
-    if local.is_dir():
-        return local
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        share = Path(get_package_share_directory("zoa_ros")) / "config"
-    except Exception as e:   # not a ROS install, or package not found
-        raise PresetError(f"no config folder at {local} and no installed zoa_ros share "
-                          f"({e})") from e
-    if not share.is_dir():
-        raise PresetError(f"no config folder at {local} or {share}")
-    return share
-
 
 def load_preset(family: str, quant_name: str, method: str = "zoa") -> dict:
     """Hyperparameters of ``method`` for a ``layernorm``/``batchnorm`` model quantized as
     ``quant_name`` (``w8a8``, ``w6a6``, ``w4a4``, ``none``): defaults, then the family's
     defaults, then the family's entry for that quantization."""
-    path = config_dir() / f"{method}_presets.yaml"
-    if not path.is_file():
-        raise PresetError(f"{path}: no presets for method {method!r}")
+    path = config_path(f"{method}_presets.yaml")
+    if path is None:
+        raise PresetError(f"no {method}_presets.yaml in config/: no presets for method "
+                          f"{method!r}")
     with open(path) as f:
         table = yaml.safe_load(f) or {}
     families = {k: v for k, v in table.items() if k != "defaults"}
