@@ -17,14 +17,8 @@ from zoa_ros.core.sample_photos import load_photo
 PHOTOS = [load_photo(n) for n in ("chelsea", "astronaut", "coffee", "rocket")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests run many tiny batch-1 forwards: one thread is fastest, and OpenMP threads
-    that spin on a busy machine slow them down a hundredfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Many tiny batch-1 forwards: one thread is fastest (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import stand_in_factory
 from PIL import Image
 
@@ -28,14 +27,8 @@ TIMING = {"ms_per_frame", "peak_mb", "wall_s", "stream_s", "frames_per_s", "peak
           "last_step_ms", "mean_step_ms", "mean_predict_ms", "json", "report"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests run many tiny batch-1 forwards: one thread is fastest, and OpenMP threads
-    that spin on a busy machine slow them down a hundredfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Many tiny batch-1 forwards: one thread is fastest (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

@@ -48,7 +48,7 @@ from torch import nn
 from zoa_ros.core.adapt.base import AdaptMethod
 from zoa_ros.core.adapt.bn_stats import SOURCE, STREAMING_REASON, BatchNormStats, check_mode
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
-from zoa_ros.core.adapt.loss import zoa_loss
+from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
 from zoa_ros.core.adapt.params import BATCH, RUNNING
 from zoa_ros.core.adapt.prompts import InputConvPrompt, PromptTokens
 from zoa_ros.core.adapt.taps import ThreadSafeExtractor
@@ -155,12 +155,7 @@ class FOA(AdaptMethod):
         if self._predict_norm == BATCH:
             self.supports_streaming = False
             self.streaming_reason = STREAMING_REASON
-        self.source_mean = pack.source_mean.float().to(self.device)
-        self.source_std = pack.source_std.float().to(self.device)
-        self.tap_sizes = list(pack.tap_sizes)
-        if sum(self.tap_sizes) != self.source_mean.numel():
-            raise ValueError(f"pack tap sizes {self.tap_sizes} do not add up to its "
-                             f"{self.source_mean.numel()} source statistics")
+        self.source_mean, self.source_std, self.tap_sizes = source_statistics(pack, self.device)
         last = self.source_mean[-self.tap_sizes[-1]:]
         self._shift_target = last[-1] if cfg.compat_scalar_shift else last
         self.last_step: FOAStep | None = None

@@ -43,3 +43,14 @@ def zoa_loss(features: Features, source_mean: torch.Tensor, source_std: torch.Te
     disc = disc / len(parts)
     ent = entropy(features.logits)
     return Loss(lam * disc + ent, disc, ent)
+
+
+def source_statistics(pack, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The pack's source feature mean, std and tap sizes on ``device``, checked for agreement."""
+    mean = pack.source_mean.float().to(device)
+    std = pack.source_std.float().to(device)
+    sizes = list(pack.tap_sizes)
+    if sum(sizes) != mean.numel():
+        raise ValueError(f"pack tap sizes {sizes} do not add up to its {mean.numel()} source "
+                         "statistics")
+    return mean, std, sizes

@@ -48,7 +48,7 @@ from zoa_ros.core.adapt.base import AdaptMethod
 from zoa_ros.core.adapt.detector import DomainDetector
 from zoa_ros.core.adapt.fused_norm import fuse_norms
 from zoa_ros.core.adapt.layer_select import select_layers
-from zoa_ros.core.adapt.loss import zoa_loss
+from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
 from zoa_ros.core.adapt.params import BATCH, LAYER, RUNNING, ParamSet, ParamStore
 from zoa_ros.core.adapt.presets import load_preset
 from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
@@ -168,12 +168,7 @@ class ZOA(AdaptMethod):
         self.bn_names = fusion.bn_names
         self.extractor = ThreadSafeExtractor(model)
         self.classifier = model.get_classifier()
-        self.source_mean = pack.source_mean.float().to(self.device)
-        self.source_std = pack.source_std.float().to(self.device)
-        self.tap_sizes = list(pack.tap_sizes)
-        if sum(self.tap_sizes) != self.source_mean.numel():
-            raise ValueError(f"pack tap sizes {self.tap_sizes} do not add up to its "
-                             f"{self.source_mean.numel()} source statistics")
+        self.source_mean, self.source_std, self.tap_sizes = source_statistics(pack, self.device)
         self._source_last = self.source_mean[-self.tap_sizes[-1]:]
         if cfg.alpha_init == "normal":
             alpha0 = torch.randn(1, generator=generator, device=generator.device)
