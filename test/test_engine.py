@@ -326,3 +326,15 @@ def test_streaming_latency_is_small(vit_pack, stand_in_methods) -> None:
     for _ in range(5):
         eng.predict(x)
     assert (time.perf_counter() - start) / 5 < 1.0
+
+
+def test_streaming_gives_batchnorm_methods_running_statistics(make_pack) -> None:
+    """A one-frame batch has no usable BatchNorm statistics: streaming engines switch methods to
+    their running test statistics unless the user chose otherwise."""
+    pack = make_pack("test_resnet")[0]
+    streaming = Engine(pack, EngineConfig(method="zoa", mode="streaming"))
+    assert streaming.method.cfg.bn_stats == "running"
+    chosen = Engine(pack, EngineConfig(method="zoa", mode="streaming",
+                                       method_config={"bn_stats": "batch"}))
+    assert chosen.method.cfg.bn_stats == "batch"
+    assert Engine(pack, EngineConfig(method="zoa", mode="batch")).method.cfg.bn_stats == "batch"

@@ -208,6 +208,12 @@ def create_method(name: str, model: nn.Module, pack: ModelPack, config: dict,
     return registry.create(name, model, pack, config, generator)
 
 
+def streaming_defaults(name: str) -> dict:
+    """Settings method ``name`` needs to classify single frames (see ``AdaptMethod``)."""
+    from zoa_ros.core.adapt import registry
+    return dict(registry.method_class(name).streaming_defaults)
+
+
 class Engine:
     """Classify, buffer, adapt, count. See the module docstring for modes and threading."""
 
@@ -227,9 +233,11 @@ class Engine:
             with torch.no_grad():
                 model(torch.zeros(1, *self.preprocessor.input_size, device=self.device))
         self.model = model
+        method_config = dict(config.method_config)
+        if method_factory is None and config.mode == "streaming":
+            method_config = {**streaming_defaults(config.method), **method_config}
         factory = method_factory or create_method
-        self.method = factory(config.method, model, pack, dict(config.method_config),
-                              self.generator)
+        self.method = factory(config.method, model, pack, method_config, self.generator)
         self._lock = threading.Lock()        # counters and buffer only; held for microseconds
         self._adapt_lock = threading.Lock()  # one adaptation step / reset / bank load at a time
         self._buffer: collections.deque[_Buffered] = collections.deque()

@@ -39,6 +39,9 @@ class AdaptMethod(ABC):
     """
 
     name: ClassVar[str]
+    # Settings the engine applies (unless the user set them) when frames are classified one at a
+    # time: e.g. BatchNorm models cannot use the statistics of a one-frame batch.
+    streaming_defaults: ClassVar[dict] = {}
     # Domain changes detected so far and the current domain's index (incremented on each
     # change); methods without a detector keep 0. Subclasses may shadow these with properties.
     domain_changes: int = 0

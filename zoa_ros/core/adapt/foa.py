@@ -117,6 +117,7 @@ class FOA(AdaptMethod):
     """FOA with CMA-ES over input prompts; see the module docstring."""
 
     name: ClassVar[str] = "foa"
+    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:

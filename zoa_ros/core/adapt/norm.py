@@ -44,6 +44,7 @@ class NormAdapt(AdaptMethod):
     """Test-batch BatchNorm statistics; see the module docstring."""
 
     name: ClassVar[str] = "norm"
+    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:

@@ -85,6 +85,7 @@ class T3A(AdaptMethod):
     """T3A over the quantized model's features; see the module docstring."""
 
     name: ClassVar[str] = "t3a"
+    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:

@@ -101,6 +101,7 @@ class Tent(AdaptMethod):
     """TENT on the norm affines; see the module docstring."""
 
     name: ClassVar[str] = "tent"
+    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:

@@ -145,6 +145,7 @@ class ZOA(AdaptMethod):
     """
 
     name: ClassVar[str] = "zoa"
+    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
