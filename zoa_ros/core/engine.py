@@ -312,10 +312,6 @@ class Engine:
             raise MalformedFrame("no frames given")
         return self.preprocessor(images).to(self.device)
 
-    def preprocess_crops(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """Normalize uint8 crops that are already at the model's input size (no resize)."""
-        return self.preprocessor.normalize(crops).to(self.device)
-
     def note_malformed(self, count: int = 1) -> None:
         """Count frames the caller could not even convert (e.g. an unsupported encoding)."""
         with self._lock:

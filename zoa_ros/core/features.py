@@ -76,12 +76,3 @@ class FeatureExtractor:
         logits = self.model.get_classifier()(head_in)
         return Features(taps, pre, logits)
 
-
-def tap_sizes(model: nn.Module, input_size: tuple[int, int, int]) -> list[int]:
-    """Channel count of every tap (including pre-logits), by one forward on a zero image."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        feats = FeatureExtractor(model)(torch.zeros(1, *input_size))
-    model.train(was_training)
-    return [f.shape[1] for f in feats.all()]
