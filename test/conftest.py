@@ -292,3 +292,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def rewritten_bank(data: bytes, drop: tuple[str, ...] = (), **changes: object) -> bytes:
+    """A bank file's bytes with metadata fields changed (``drop``: removed) and a *valid*
+    content hash, i.e. what a newer or foreign writer could produce."""
+    import json
+
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from zoa_ros.core import bank_file
+
+    tensors = st_load(data)
+    size = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8:8 + size])["__metadata__"]["zoa_bank"])
+    meta.pop("content_sha256")
+    meta.update(changes)
+    for key in drop:
+        meta.pop(key, None)
+    meta["content_sha256"] = bank_file.content_hash(meta, tensors)
+    return st_save(tensors, metadata={"zoa_bank": json.dumps(meta)})
+

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from conftest import rewritten_bank
 
 from zoa_ros.core import bank_file
 from zoa_ros.core.adapt.zoa import ZOA
@@ -93,8 +91,8 @@ def test_bad_files_are_refused_and_the_live_bank_is_untouched(zoa_pack, zoa_imag
     pos = data.index(b"zoa_bank")
     header[pos + 40] ^= 0x20                             # one bit in the metadata JSON
     refused(bytes(header), "hash|readable|metadata|format")
-    refused(_rewritten(data, format_version=99), "newer")
-    refused(_rewritten(data, format="something.else"), "not a zoa_ros knowledge bank")
+    refused(rewritten_bank(data, format_version=99), "newer")
+    refused(rewritten_bank(data, format="something.else"), "not a zoa_ros knowledge bank")
     other_pack = dataclasses.replace(pack, calibration={**pack.calibration, "note": "other"})
     refused(data, "another pack|belongs to model pack", target_pack=other_pack)
     _assert_unchanged(live, snap)
@@ -129,14 +127,3 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(zoa_pack, zoa_images, 
         bank_file.save(path, method, pack)
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["b.bank"]
-
-
-def _rewritten(data: bytes, **changes) -> bytes:
-    """The same bank with metadata fields changed and a *valid* content hash."""
-    tensors = st_load(data)
-    size = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8:8 + size])["__metadata__"]["zoa_bank"])
-    meta.pop("content_sha256")
-    meta.update(changes)
-    meta["content_sha256"] = bank_file.content_hash(meta, tensors)
-    return st_save(tensors, metadata={"zoa_bank": json.dumps(meta)})

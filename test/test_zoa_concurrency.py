@@ -23,9 +23,9 @@ def test_predictions_match_a_published_parameter_set(zoa_pack, zoa_images, name,
     published = [method.params]
     publish = method.store.publish
 
-    def recording_publish(params):
-        published.append(params)
-        publish(params)
+    def recording_publish(params, **kwargs):
+        publish(params, **kwargs)
+        published.append(method.store.published)
 
     method.store.publish = recording_publish
     probe = zoa_images(pack, 3, seed=99, size=size)

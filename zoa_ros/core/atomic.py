@@ -29,7 +29,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_umask() -> int:
@@ -43,7 +43,9 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory (its entries survive a power loss); silently skipped where the OS
+    cannot."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -4,23 +4,28 @@ A safetensors file (never pickle): tensors ``eps`` [P], ``alpha`` [K+1], ``entri
 ``similarity`` [K, K], optionally ``detector.mean/var``, ``shift_h`` and ``bn.<i>.mean/var``
 (BatchNorm test statistics), and a JSON document in the safetensors metadata with the format
 name and version, the fingerprint of the model pack the bank belongs to, the adapted layers
-(name, kind, channels), counters, creation time, provenance strings and a sha256 over all of
-it. Saving is atomic (the old file survives until the new one is complete). Loading parses
-and validates everything into a new object before swapping it into the method, so a refused
-file leaves the running bank exactly as it was.
+(name, kind, channels), counters, creation time, provenance strings of the file
+(``provenance``), per-entry provenance (``entry_provenance``: one object or ``null`` per entry
+with robot, mission, created, domain_id, source; see
+:class:`~zoa_ros.core.adapt.bank.EntryOrigin`) and a sha256 over all of it. Files without
+``entry_provenance`` (written before it existed) load with every entry's provenance unknown;
+the key is additive, so the format version stays 1 and older readers still read new files.
+An empty ``bn_layers`` list on a BatchNorm model (a merged bank) means "start from the pack's
+source statistics". Saving is atomic (the old file survives until the new one is complete).
+Loading parses and validates everything into a new object before swapping it into the method,
+so a refused file leaves the running bank exactly as it was.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from zoa_ros.core.adapt.bank import BankState
+from zoa_ros.core.adapt.bank import BankState, EntryOrigin, utc_now
 from zoa_ros.core.atomic import atomic_write_bytes
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.tensor_file import content_hash, read_metadata
@@ -35,9 +40,12 @@ class BankError(ValueError):
 
 
 def encode(state: BankState, pack_fingerprint: str,
-           provenance: dict[str, str] | None = None) -> bytes:
-    """The file content for ``state`` (see module docstring)."""
+           provenance: dict[str, str] | None = None, source: str = "") -> bytes:
+    """The file content for ``state`` (see module docstring). Entries stored during this run
+    (pending origins) are labelled with ``provenance`` and ``source`` (the file's path)."""
     tensors = state.tensors()
+    origins = [None if o is None else o.labelled(provenance or {}, source).to_json()
+               for o in state.entry_origins()]
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "pack_fingerprint": pack_fingerprint, "method": "zoa",
@@ -45,8 +53,9 @@ def encode(state: BankState, pack_fingerprint: str,
         "param_count": int(state.eps.numel()), "entries": int(state.entries.shape[0]),
         "alpha_scale": float(state.alpha_scale), "bn_layers": list(state.bn_names),
         "domain_changes": int(state.domain_changes), "domain_id": int(state.domain_id),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "provenance": {str(k): str(v) for k, v in (provenance or {}).items()},
+        "entry_provenance": origins,
     }
     meta["content_sha256"] = content_hash(meta, tensors)
     return st_save(tensors, metadata={_META_KEY: json.dumps(meta)})
@@ -89,10 +98,21 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
             bn_stats=tuple((tensors[f"bn.{i}.mean"], tensors[f"bn.{i}.var"])
                            for i in range(len(bn))),
             domain_changes=int(meta.get("domain_changes", 0)),
-            domain_id=int(meta.get("domain_id", 0)))
+            domain_id=int(meta.get("domain_id", 0)),
+            origins=_origins(meta.get("entry_provenance")))
+        state.entry_origins()
     except (KeyError, TypeError, ValueError) as e:
         raise BankError(f"{name}: incomplete bank metadata or tensors ({e!r})") from e
     return state, meta
+
+
+def _origins(items: object) -> tuple[EntryOrigin | None, ...]:
+    """Parse ``entry_provenance`` (absent in older files: every entry unknown)."""
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise TypeError("entry_provenance must be a list")
+    return tuple(None if d is None else EntryOrigin.from_json(d) for d in items)
 
 
 def read(path: str | Path) -> tuple[BankState, dict]:
@@ -107,7 +127,8 @@ def save(path: str | Path, method: object, pack: ModelPack,
     """Write ``method``'s bank to ``path`` atomically."""
     if not hasattr(method, "export_bank"):
         raise BankError(f"method {getattr(method, 'name', method)!r} has no knowledge bank")
-    atomic_write_bytes(path, encode(method.export_bank(), pack.fingerprint, provenance))
+    atomic_write_bytes(path, encode(method.export_bank(), pack.fingerprint, provenance,
+                                    source=str(path)))
 
 
 def load(path: str | Path, method: object, pack: ModelPack) -> dict:
@@ -135,8 +156,9 @@ def inspect_bank(path: str | Path) -> dict:
     state, meta = read(path)
     tensors = state.tensors()
     sizes = {k: int(v.numel() * v.element_size()) for k, v in tensors.items()}
+    origins = [None if o is None else o.to_json() for o in state.entry_origins()]
     return {**meta, "path": str(path), "file_bytes": path.stat().st_size,
-            "entries": int(state.entries.shape[0]),
+            "entries": int(state.entries.shape[0]), "entry_provenance": origins,
             "bytes_per_entry": int(state.entries.shape[1] * 4) if state.entries.dim() == 2 else 0,
             "tensor_bytes": sizes, "total_tensor_bytes": sum(sizes.values())}
 

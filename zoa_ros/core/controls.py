@@ -84,5 +84,5 @@ def reset_to_source(engine: Engine, keep_bank: bool = True) -> int:
     method.import_bank(dataclasses.replace(
         fresh, eps=-mixture, alpha=before.alpha.clone(), entries=before.entries.clone(),
         similarity=before.similarity.clone(), domain_changes=before.domain_changes,
-        domain_id=before.domain_id))
+        domain_id=before.domain_id, origins=before.origins))
     return kept

@@ -38,7 +38,7 @@ from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
 from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.prediction import ClassScore, top_k
+from zoa_ros.core.prediction import ClassScore, entropy, top_k
 from zoa_ros.core.preprocess import Preprocessor, to_pil
 from zoa_ros.core.quant.model import first_conv_name
 
@@ -108,6 +108,7 @@ class Prediction:
     latency_ms: float
     domain_id: int | None
     adapt_steps: int   # adaptation steps whose parameters produced this prediction
+    entropy: float = 0.0  # of the full softmax, nats (uncertainty; no labels needed)
 
     @property
     def class_index(self) -> int:
@@ -325,7 +326,7 @@ class Engine:
         steps = self._counts["adapt_steps"]
         start = time.perf_counter()
         with torch.no_grad():
-            if observe:
+            if observe and self._enabled:
                 logits, record = self.method.predict_with_record(x)
             else:
                 logits, record = self.method.predict(x), None
@@ -338,7 +339,8 @@ class Engine:
             self._predict_ms_total += ms
         if observe:
             self.observe(x, record)
-        return [Prediction(r, ms, domain, steps) for r in results]
+        return [Prediction(r, ms, domain, steps, h)
+                for r, h in zip(results, entropy(logits.cpu()))]
 
     def observe(self, frames: Frames, record: object | None = None) -> None:
         """Offer classified frames to the adaptation buffer (a no-op while adaptation is off).
@@ -459,6 +461,7 @@ class Engine:
             start = time.perf_counter()
             logits = self.method.forward_and_adapt(x)
             results = top_k(logits.cpu(), self.pack.labels, self.config.top_k)
+            entropies = entropy(logits.cpu())
             ms = (time.perf_counter() - start) * 1e3
             with self._lock:
                 self._counts["frames"] += len(x)
@@ -466,7 +469,7 @@ class Engine:
                 self._predict_ms_total += ms
             self._finish_step(len(x), ms, before)
             domain = self.domain_id
-        return [Prediction(r, ms, domain, steps) for r in results]
+        return [Prediction(r, ms, domain, steps, h) for r, h in zip(results, entropies)]
 
     # ---- state --------------------------------------------------------------------------------
     def reset(self) -> None:

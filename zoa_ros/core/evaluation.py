@@ -13,6 +13,12 @@ on the predictions the engine returned for a frame, i.e. before any step that us
   ``maybe_adapt`` runs after each frame; the buffer carries over segment boundaries, as on a
   robot. Chunks only group frames for the accuracy curve.
 
+Per domain (segment) and method, besides ``acc``: ``entropy`` (mean prediction entropy),
+``agreement`` (percent of frames where the method predicts the class the unadapted model
+``none`` predicts, when ``none`` runs) and ``recovery_frames`` (:func:`recovery_frames`, after
+every change of domain, labelled streams only). An unlabelled stream (``Segment.labels is
+None``, e.g. a bag without labels) has no ``acc``: the unsupervised numbers are all there is.
+
 Costs per method (``costs``):
 
 * ``forward_per_frame`` - frames pushed through the network (counted at its stem, all passes of
@@ -35,14 +41,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from zoa_ros.core.engine import Engine, EngineConfig, MethodFactory
+from zoa_ros.core.engine import Engine, EngineConfig, MethodFactory, Prediction
 from zoa_ros.core.memory import MIB, PeakTensorMemory, module_bytes
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.preprocess import Preprocessor
 from zoa_ros.core.stream import FrameStream, Segment
+
+RECOVERY_WINDOW = 32     # frames
+RECOVERY_MARGIN = 5.0    # accuracy points
 
 METRIC_NOTES = {
     "acc": "top-1 accuracy in percent of the predictions returned before adapting on a frame",
@@ -54,6 +64,16 @@ METRIC_NOTES = {
                "TorchDispatchMode storage tracker",
     "state_mb": "model parameters + buffers + knowledge bank (MiB)",
     "peak_rss_mb": "process-wide peak resident set size (MiB), all methods together",
+    "entropy": "mean Shannon entropy (nats) of the softmax over all classes of the predictions "
+               "returned before adapting on a frame",
+    "agreement": "percent of frames on which the method predicts the same class as the "
+                 "unadapted model (method none) on the same frame",
+    "recovery_frames": f"after each change of domain: the number of frames from the boundary "
+                       f"to the start of the first window of {RECOVERY_WINDOW} consecutive "
+                       f"frames (the whole segment if shorter) whose top-1 accuracy is at least "
+                       f"the method's accuracy on that segment minus {RECOVERY_MARGIN:g} "
+                       f"points; 0 = no dip after the change; null (shown as —) if no window "
+                       f"qualifies",
 }
 
 
@@ -66,15 +86,21 @@ class _MethodRun:
     domains: list[dict] = field(default_factory=list)
     curve_frames: list[int] = field(default_factory=list)
     curve_acc: list[float] = field(default_factory=list)
+    curve_entropy: list[float] = field(default_factory=list)
+    curve_agreement: list[float] = field(default_factory=list)
     seconds: float = 0.0
     timed_frames: int = 0
     probe_seconds: float = 0.0
     probe_frames: int = 0
     peak_bytes: int = 0
     frames: int = 0
+    # the current segment, frame by frame
+    hits: list[bool] = field(default_factory=list)
+    agrees: int = 0
+    entropy_sum: float = 0.0
 
-    def chunk(self, x: torch.Tensor, labels: torch.Tensor, probe: bool) -> int:
-        """Run one chunk through the engine; the number of correct predictions."""
+    def chunk(self, x: torch.Tensor, probe: bool) -> list[Prediction]:
+        """Run one chunk through the engine; its predictions."""
         start = time.perf_counter()
         if probe:
             with PeakTensorMemory(self.engine.device) as memory:
@@ -86,19 +112,48 @@ class _MethodRun:
             predicted = self._classify(x)
             self.seconds += time.perf_counter() - start
             self.timed_frames += len(x)
-        correct = int((torch.tensor(predicted) == labels).sum())
-        self.frames += len(x)
-        self.curve_frames.append(self.frames)
-        self.curve_acc.append(100.0 * correct / len(x))
-        return correct
+        return predicted
 
-    def _classify(self, x: torch.Tensor) -> list[int]:
+    def score(self, predicted: list[Prediction], labels: list[int] | None,
+              reference: list[int] | None) -> None:
+        """Book one chunk's predictions against the labels and the reference predictions."""
+        classes = [p.class_index for p in predicted]
+        entropies = [p.entropy for p in predicted]
+        self.frames += len(classes)
+        self.curve_frames.append(self.frames)
+        self.entropy_sum += sum(entropies)
+        self.curve_entropy.append(_mean(entropies))
+        if labels is not None:
+            hits = [c == y for c, y in zip(classes, labels)]
+            self.hits += hits
+            self.curve_acc.append(100.0 * sum(hits) / len(hits))
+        if reference is not None:
+            agree = sum(c == r for c, r in zip(classes, reference))
+            self.agrees += agree
+            self.curve_agreement.append(100.0 * agree / len(classes))
+
+    def end_segment(self, segment: Segment, boundary: bool, reference: bool) -> dict:
+        """Close the current segment: its row of the per-domain table."""
+        n = max(len(segment), 1)
+        labelled = segment.labels is not None
+        correct = sum(self.hits) if labelled else None
+        row = {"name": segment.name, "round": segment.round,
+               "acc": 100.0 * correct / n if labelled else None,
+               "frames": len(segment), "correct": correct,
+               "entropy": self.entropy_sum / n,
+               "agreement": 100.0 * self.agrees / n if reference else None,
+               "recovery_frames": recovery_frames(self.hits) if labelled and boundary else None}
+        self.domains.append(row)
+        self.hits, self.agrees, self.entropy_sum = [], 0, 0.0
+        return row
+
+    def _classify(self, x: torch.Tensor) -> list[Prediction]:
         engine = self.engine
         if engine.mode == "batch":
-            return [p.class_index for p in engine.run_batch(x)]
+            return engine.run_batch(x)
         out = []
         for i in range(len(x)):
-            out.append(engine.predict(x[i:i + 1], observe=True)[0].class_index)
+            out.append(engine.predict(x[i:i + 1], observe=True)[0])
             engine.maybe_adapt()
         return out
 
@@ -108,13 +163,17 @@ class _MethodRun:
         per_step = stats.frames_adapted / stats.adapt_steps if stats.adapt_steps else 0.0
         seconds, timed = (self.seconds, self.timed_frames) if self.timed_frames else \
             (self.probe_seconds, self.probe_frames)
-        accs = [d["acc"] for d in self.domains]
         rounds = sorted({d["round"] for d in self.domains})
+        labelled = [d for d in self.domains if d["acc"] is not None]
         return {
-            "mean_acc": sum(accs) / len(accs) if accs else 0.0,
+            "mean_acc": _mean([d["acc"] for d in labelled]) if labelled else None,
+            "mean_entropy": _mean([d["entropy"] for d in self.domains]),
+            "mean_agreement": _mean_of(self.domains, "agreement"),
+            "mean_recovery_frames": _mean_of(self.domains, "recovery_frames"),
             "domains": self.domains,
-            "rounds": [{"round": r, "mean_acc": _mean([d["acc"] for d in self.domains
-                                                       if d["round"] == r])} for r in rounds],
+            "rounds": [{"round": r, "mean_acc": _mean([d["acc"] for d in labelled
+                                                       if d["round"] == r])
+                        if labelled else None} for r in rounds],
             "costs": {
                 "forward_per_frame": stats.samples_forwarded / frames,
                 "backward_per_frame": stats.backward_passes * per_step / frames,
@@ -130,7 +189,9 @@ class _MethodRun:
             },
             "bank": {"entries": stats.bank_entries, "bytes": stats.bank_bytes},
             "domain_changes": stats.domain_changes,
-            "curve": {"frames": self.curve_frames, "acc": self.curve_acc},
+            "curve": {"frames": self.curve_frames, "acc": self.curve_acc or None,
+                      "entropy": self.curve_entropy,
+                      "agreement": self.curve_agreement or None},
             "engine": stats.to_dict(),
         }
 
@@ -140,7 +201,8 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
              method_configs: Mapping[str, Mapping] | None = None, device: str = "cpu",
              memory_every: int = 8, progress: bool = True,
              method_factory: MethodFactory | None = None,
-             on_segment: Callable[[Segment, dict[str, float]], None] | None = None) -> dict:
+             on_segment: Callable[[Segment, dict[str, float | None]], None] | None = None
+             ) -> dict:
     """Run ``methods`` side by side over ``stream``; see the module docstring for the numbers.
 
     Returns ``{"methods": {name: {...}}, "stream": [...], "run": {...}}``.
@@ -158,7 +220,8 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
         runs.append(_MethodRun(name, Engine(pack, config, method_factory=method_factory)))
     pre = Preprocessor(pack.data_config)
     num_classes = len(pack.labels)
-    segments, chunk_index = [], 0
+    reference = next((r for r in runs if r.name == "none"), None)
+    segments, chunk_index, previous, labelled = [], 0, None, True
     wall = time.perf_counter()
     stream_seconds, start = 0.0, time.perf_counter()
     bar = tqdm(total=stream.total_frames, unit="frame", desc="evaluate", disable=not progress,
@@ -167,23 +230,24 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
         for segment in stream:
             stream_seconds += time.perf_counter() - start
             _check_labels(segment, num_classes)
-            correct = {r.name: 0 for r in runs}
             bar.set_postfix_str(f"r{segment.round} {segment.name}")
             for a in range(0, len(segment), batch_size):
                 frames = segment.frames[a:a + batch_size]
                 x = pre.normalize(frames) if segment.at_input_size else pre(frames)
-                labels = torch.tensor(segment.labels[a:a + batch_size])
+                labels = None if segment.labels is None else segment.labels[a:a + batch_size]
                 probe = chunk_index % memory_every == 0
-                for run in runs:
-                    correct[run.name] += run.chunk(x, labels, probe)
+                predicted = [run.chunk(x, probe) for run in runs]
+                ref = None if reference is None else \
+                    [p.class_index for p in predicted[runs.index(reference)]]
+                for run, preds in zip(runs, predicted):
+                    run.score(preds, labels, ref)
                 chunk_index += 1
                 bar.update(len(frames))
-            accs = {}
-            for run in runs:
-                acc = 100.0 * correct[run.name] / max(len(segment), 1)
-                run.domains.append({"name": segment.name, "round": segment.round, "acc": acc,
-                                    "frames": len(segment), "correct": correct[run.name]})
-                accs[run.name] = acc
+            boundary = previous is not None and previous != segment.name
+            accs = {run.name: run.end_segment(segment, boundary, reference is not None)["acc"]
+                    for run in runs}
+            previous = segment.name
+            labelled = labelled and segment.labels is not None
             segments.append({"name": segment.name, "round": segment.round,
                              "frames": len(segment)})
             if on_segment is not None:
@@ -198,6 +262,7 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
     return {
         "methods": {run.name: run.result() for run in runs},
         "stream": segments,
+        "labelled": labelled,
         "run": {"wall_s": wall, "stream_s": stream_seconds, "frames": frames,
                 "frames_per_s": frames / wall if wall > 0 else 0.0,
                 "peak_rss_mb": _peak_rss_mb(), "torch_threads": torch.get_num_threads(),
@@ -205,7 +270,29 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
     }
 
 
+def recovery_frames(hits: Sequence[bool], window: int = RECOVERY_WINDOW,
+                    margin: float = RECOVERY_MARGIN) -> int | None:
+    """Frames from a domain boundary to the start of the first window of ``window``
+    consecutive frames (all of them if fewer) whose accuracy is at least the segment's accuracy
+    minus ``margin`` points; ``None`` if no window qualifies. ``hits``: the segment's per-frame
+    correctness in stream order."""
+    n = len(hits)
+    if n == 0:
+        return None
+    w = min(window, n)
+    target = 100.0 * sum(hits) / n - margin
+    sums = np.concatenate([[0], np.cumsum(np.asarray(hits, dtype=np.int64))])
+    window_acc = 100.0 * (sums[w:] - sums[:-w]) / w
+    reached = np.flatnonzero(window_acc >= target - 1e-9)
+    return int(reached[0]) if len(reached) else None
+
+
 def _check_labels(segment: Segment, num_classes: int) -> None:
+    if segment.labels is None:
+        return
+    if len(segment.labels) != len(segment.frames):
+        raise ValueError(f"segment {segment.name!r}: {len(segment.frames)} frames but "
+                         f"{len(segment.labels)} labels")
     bad = [c for c in segment.labels if not 0 <= c < num_classes]
     if bad:
         raise ValueError(f"segment {segment.name!r}: class index {bad[0]} is outside the "
@@ -214,6 +301,11 @@ def _check_labels(segment: Segment, num_classes: int) -> None:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return _mean(values) if values else None
 
 
 def _peak_rss_mb() -> float:

@@ -24,3 +24,9 @@ def top_k(logits: torch.Tensor, labels: list[str], k: int = 5) -> list[list[Clas
 
 def as_dicts(results: list[ClassScore]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+def entropy(logits: torch.Tensor) -> list[float]:
+    """Shannon entropy (nats) of the softmax of each row of ``logits`` (B x classes)."""
+    logp = logits.detach().float().log_softmax(dim=-1)
+    return (-(logp.exp() * logp).sum(dim=-1)).tolist()

@@ -34,12 +34,13 @@ Crop = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class Segment:
-    """One visit to one domain: uint8 HxWx3 frames in stream order and their class indices."""
+    """One visit to one domain: uint8 HxWx3 frames in stream order and their class indices
+    (``None`` for an unlabelled recording)."""
 
     name: str
     round: int                  # 1-based
     frames: list[np.ndarray]
-    labels: list[int]
+    labels: list[int] | None
     at_input_size: bool = True  # frames are the model's center crops already (normalize only)
 
     def __len__(self) -> int:

@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,36 +248,46 @@ class ZoaNode(LifecycleNode):
     # ---- configure ----------------------------------------------------------------------
     def _build_engine(self) -> Any:
         pack = self._load_pack()
-        from zoa_ros.core.engine import Engine, EngineConfig
+        from zoa_ros.core.engine import Engine
 
-        method = self.p("adaptation.method")
-        batch = self.p("adaptation.batch_size")
-        min_batch = self.p("adaptation.min_batch") or batch
+        config = self.engine_config(self.p, len(pack.labels))
+        return Engine(pack, config, clock=self._node_seconds)
+
+    @staticmethod
+    def engine_config(p: Callable[[str], Any], num_labels: int) -> Any:
+        """The EngineConfig the parameter values ``p(name)`` describe, for a pack with
+        ``num_labels`` labels (also the offline twin of a live replay)."""
+        from zoa_ros.core.engine import EngineConfig
+
+        method = p("adaptation.method")
+        batch = p("adaptation.batch_size")
+        min_batch = p("adaptation.min_batch") or batch
         if not 2 <= min_batch <= batch:
             raise ValueError(f"adaptation.min_batch {min_batch} must be 2..batch_size ({batch})")
-        buffer = self.p("adaptation.buffer_size") or None
-        top_k = self.p("top_k")
-        if top_k > len(pack.labels):
-            raise ValueError(f"top_k {top_k} > the pack's {len(pack.labels)} labels")
+        buffer = p("adaptation.buffer_size") or None
+        top_k = p("top_k")
+        if top_k > num_labels:
+            raise ValueError(f"top_k {top_k} > the pack's {num_labels} labels")
         method_config: dict[str, Any] = {}
         if method == "zoa":
             method_config = {
-                "preset": self.p("adaptation.preset"),
-                "bn_stats": self.p("adaptation.bn_stats"),
+                "preset": p("adaptation.preset"),
+                "bn_stats": p("adaptation.bn_stats"),
+                "frame_momentum": p("adaptation.frame_momentum"),
                 "min_adapt_batch": min_batch,
-                "detect_min_batch": self.p("adaptation.detect_min_batch") or batch,
-                "detect": self.p("adaptation.detect_domains"),
+                "detect_min_batch": p("adaptation.detect_min_batch") or batch,
+                "detect": p("adaptation.detect_domains"),
             }
             for name in PRESET_ZERO:
-                if self.p(name) > 0:
-                    method_config[TUNING[name][1]] = self.p(name)
+                if p(name) > 0:
+                    method_config[TUNING[name][1]] = p(name)
         config = EngineConfig(
-            method=method, method_config=method_config, seed=self.p("seed"), mode="streaming",
-            batch_size=batch, interval_frames=self.p("adaptation.interval_frames"),
+            method=method, method_config=method_config, seed=p("seed"), mode="streaming",
+            batch_size=batch, interval_frames=p("adaptation.interval_frames"),
             buffer_size=buffer, min_frames=min_batch,
-            min_period_s=self.p("adaptation.min_period_s"), stride=self.p("adaptation.stride"),
-            top_k=top_k, device=self.p("device"), adapt_enabled=self.p("adaptation.enabled"))
-        return Engine(pack, config, clock=self._node_seconds)
+            min_period_s=p("adaptation.min_period_s"), stride=p("adaptation.stride"),
+            top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"))
+        return config
 
     def _load_pack(self) -> Any:
         text = str(self.p("pack")).strip()

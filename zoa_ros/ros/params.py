@@ -84,6 +84,9 @@ SPECS: tuple[Spec, ...] = (
          "(0: batch_size; the reference uses 64)", read_only=True, low=0, high=4096),
     Spec("adaptation.bn_stats", "running", "BatchNorm statistics for prediction: running "
          "(single frames) or batch", read_only=True, choices=("running", "batch")),
+    Spec("adaptation.frame_momentum", 0.01, "share of each classified frame in the running "
+         "BatchNorm statistics (0: only adaptation batches update them)", read_only=True,
+         low=0.0, high=1.0),
     Spec("adaptation.interval_frames", 32, "adapt after this many new frames", low=1,
          high=1000000),
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "

@@ -7,8 +7,10 @@ import argparse
 import importlib
 import sys
 
-# Subcommand modules under zoa_ros.tools, in the order --help lists them.
-COMMANDS = ("calibrate", "classify", "info", "evaluate", "bank", "bench", "demo", "node")
+# Subcommands, in the order --help lists them; each is the module zoa_ros.tools.<name> with
+# dashes as underscores.
+COMMANDS = ("calibrate", "classify", "info", "evaluate", "make-bag", "replay", "bank", "bench",
+            "demo", "node")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantized image classification with zeroth-order test-time adaptation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"zoa_ros.tools.{name}")
+        module = importlib.import_module(f"zoa_ros.tools.{name.replace('-', '_')}")
         module.add_parser(sub)
     return parser
 

@@ -11,19 +11,38 @@ from zoa_ros.core.atomic import atomic_write_bytes
 
 
 def write_report(result: dict, folder: str | Path) -> list[Path]:
-    """Write ``report.md`` and ``accuracy.png`` into ``folder``; returns their paths."""
+    """Write ``report.md`` and the plot into ``folder``; returns their paths. The plot is
+    ``accuracy.png`` for a labelled stream, else ``agreement.png`` (``entropy.png`` without the
+    reference method ``none``)."""
     folder = Path(folder)
-    md, png = folder / "report.md", folder / "accuracy.png"
+    metric = plot_metric(result)
+    md = folder / "report.md"
     atomic_write_bytes(md, markdown(result).encode())
+    if metric is None:   # a live replay without labels has no per-frame curve
+        return [md]
+    png = folder / ("accuracy.png" if metric == "acc" else f"{metric}.png")
     atomic_write_bytes(png, accuracy_plot(result))
     return [md, png]
+
+
+def plot_metric(result: dict) -> str | None:
+    """What the plot shows: ``acc``, else ``agreement`` (with ``none``), else ``entropy``;
+    ``None`` when the methods have no curve of it."""
+    if result.get("labelled", True):
+        metric = "acc"
+    else:
+        metric = "agreement" if "none" in result["methods"] else "entropy"
+    if any(r["curve"].get(metric) is None for r in result["methods"].values()):
+        return None
+    return metric
 
 
 def markdown(result: dict) -> str:
     methods = list(result["methods"])
     runs = result["methods"]
     config = result.get("config", {})
-    lines = ["# zoa-ros evaluate", ""]
+    labelled = result.get("labelled", True)
+    lines = [f"# zoa-ros {config.get('tool', 'evaluate')}", ""]
     pack = config.get("pack_info", {})
     if pack:
         lines += [f"- pack: `{config.get('pack')}` — {pack.get('model')} {pack.get('quant')}, "
@@ -31,33 +50,53 @@ def markdown(result: dict) -> str:
     for key in ("mode", "batch_size", "seed", "layout", "severity", "rounds", "limit"):
         if key in config:
             lines.append(f"- {key}: {config[key]}")
+    stream = config.get("stream", {})
+    if stream.get("kind") == "rosbag2":
+        lines.append(f"- bag: `{stream['path']}`, topic `{stream['image_topic']}` "
+                     f"({stream['image_type']}), labels: {stream['labels'] or 'none'}; "
+                     f"{stream['messages']} messages read, {stream['malformed']} malformed "
+                     f"skipped, {stream['unlabelled_skipped']} without a label skipped")
     run = result.get("run", {})
     if run:
+        threads = run.get("torch_threads")
         lines.append(f"- {run['frames']} frames per method, {run['wall_s']:.1f} s wall "
                      f"({run['frames_per_s']:.1f} frames/s, all methods), device "
-                     f"{run['device']}, {run['torch_threads']} torch threads")
-    lines += ["", "## Top-1 accuracy (%) per domain", "",
-              _row(["round", "domain", "frames", *methods]),
-              _row(["---:", "---", "---:", *["---:"] * len(methods)])]
-    for i, d in enumerate(runs[methods[0]]["domains"]):
-        lines.append(_row([d["round"], d["name"], d["frames"],
-                           *[f"{runs[m]['domains'][i]['acc']:.2f}" for m in methods]]))
-    lines += ["", "## Mean accuracy (%) per round", "", _row(["round", *methods]),
-              _row(["---:", *["---:"] * len(methods)])]
-    for i, r in enumerate(runs[methods[0]]["rounds"]):
-        lines.append(_row([r["round"], *[f"{runs[m]['rounds'][i]['mean_acc']:.2f}"
-                                         for m in methods]]))
-    lines.append(_row(["**all**", *[f"**{runs[m]['mean_acc']:.2f}**" for m in methods]]))
+                     f"{run['device']}" + (f", {threads} torch threads" if threads else ""))
+    if "live" in result:
+        lines += live_section(result["live"])
+    if labelled:
+        lines += _domain_table(result, "Top-1 accuracy (%) per domain", "acc", "{:.2f}")
+        lines += ["", "## Mean accuracy (%) per round", "", _row(["round", *methods]),
+                  _row(["---:", *["---:"] * len(methods)])]
+        for i, r in enumerate(runs[methods[0]]["rounds"]):
+            lines.append(_row([r["round"], *[_fmt(runs[m]['rounds'][i]['mean_acc'], "{:.2f}")
+                                             for m in methods]]))
+        lines.append(_row(["**all**", *[f"**{_fmt(runs[m]['mean_acc'], '{:.2f}')}**"
+                                        for m in methods]]))
+        lines += _recovery_table(result)
+    else:
+        lines += ["", "No labels: the numbers below need none. Agreement is with the "
+                  "unadapted model `none` on the same frames; entropy is the mean prediction "
+                  "entropy (lower = more confident, which is not the same as more accurate); "
+                  "the domain changes each method detected are in the costs table."]
+        if "none" in runs:
+            lines += _domain_table(result, "Agreement with `none` (%) per domain",
+                                   "agreement", "{:.2f}", "mean_agreement")
+        lines += _domain_table(result, "Mean prediction entropy (nats) per domain", "entropy",
+                               "{:.3f}", "mean_entropy")
     lines += ["", "## Costs", "",
               _row(["method", "fwd/frame", "bwd/frame", "ms/frame", "peak MB", "state MB",
                     "adapt steps", "domain changes", "bank entries", "bank KB"]),
               _row(["---", *["---:"] * 9])]
     for m in methods:
         c = runs[m]["costs"]
-        lines.append(_row([m, f"{c['forward_per_frame']:.3f}", f"{c['backward_per_frame']:.3f}",
-                           f"{c['ms_per_frame']:.2f}", f"{c['peak_mb']:.1f}",
-                           f"{c['state_mb']:.1f}", c["adapt_steps"], runs[m]["domain_changes"],
-                           runs[m]["bank"]["entries"], f"{runs[m]['bank']['bytes'] / 1024:.1f}"]))
+        kb = runs[m]["bank"]["bytes"]
+        lines.append(_row([m, _fmt(c["forward_per_frame"], "{:.3f}"),
+                           _fmt(c["backward_per_frame"], "{:.3f}"),
+                           _fmt(c["ms_per_frame"], "{:.2f}"), _fmt(c["peak_mb"], "{:.1f}"),
+                           _fmt(c["state_mb"], "{:.1f}"), c["adapt_steps"],
+                           runs[m]["domain_changes"], runs[m]["bank"]["entries"],
+                           _fmt(None if kb is None else kb / 1024, "{:.1f}")]))
     notes = run.get("notes", {})
     if notes:
         lines += ["", "## What the numbers mean", ""]
@@ -65,10 +104,95 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def live_section(live: dict) -> list[str]:
+    """The ``live`` part of a ``zoa-ros replay --live`` result: frames, drops, latency, the
+    node's counters and the comparison with the offline engine."""
+    origin = "started for this replay" if live["started_node"] else "already running"
+    lines = ["", "## Live replay", "",
+             f"- node `{live['node']}` ({origin}), "
+             f"method `{live['method']}`, input `{live['topic']}` published {live['qos']} at "
+             f"{live['rate']:g}x the recorded rate{', with /clock' if live['clock'] else ''}",
+             f"- frames published {live['frames_published']}, answered "
+             f"{live['frames_answered']}, dropped {live['frames_dropped']}"
+             + (f" ({live['unmatched_answers']} answers matched no published frame)"
+                if live["unmatched_answers"] else "")]
+    counters = live.get("node_counters")
+    if counters:
+        lines.append(f"- the node's counters over the replay: received {counters['received']}, "
+                     f"classified {counters['classified']}, replaced before classification "
+                     f"{counters['dropped']}, malformed {counters['malformed']}")
+    for key, title in (("inference", "inference (node)"), ("end_to_end", "end to end")):
+        lat = live["latency_ms"].get(key)
+        if lat:
+            lines.append(f"- {title} latency ms: p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, "
+                         f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")
+    if live["dropped"]:
+        shown = ", ".join(str(d["index"]) for d in live["dropped"][:40])
+        more = live["frames_dropped"] - min(len(live["dropped"]), 40)
+        lines.append(f"- dropped frames (stream index): {shown}"
+                     + (f" and {more} more" if more > 0 else ""))
+    offline = live.get("offline")
+    if offline:
+        lines += ["", "### Live node against the offline engine", "",
+                  f"Same prediction on {offline['same']} of the {offline['compared']} answered "
+                  f"frames ({_fmt(offline['agreement'], '{:.2f}')} %); first difference at "
+                  f"frame {_fmt(offline['first_difference'], '{}')}. Offline adaptation steps: "
+                  f"{offline['adapt_steps']}.", "",
+                  _row(["round", "domain", "live acc", "offline acc (answered frames)",
+                        "offline acc (all frames)"]),
+                  _row(["---:", "---", "---:", "---:", "---:"])]
+        for d in offline["domains"]:
+            lines.append(_row([d["round"], d["name"], _fmt(d["live_acc"], "{:.2f}"),
+                               _fmt(d["offline_acc_answered"], "{:.2f}"),
+                               _fmt(d["offline_acc_all"], "{:.2f}")]))
+    return lines
+
+
+def _domain_table(result: dict, title: str, key: str, fmt: str,
+                  mean_key: str | None = None) -> list[str]:
+    runs, methods = result["methods"], list(result["methods"])
+    lines = ["", f"## {title}", "", _row(["round", "domain", "frames", *methods]),
+             _row(["---:", "---", "---:", *["---:"] * len(methods)])]
+    for i, d in enumerate(runs[methods[0]]["domains"]):
+        lines.append(_row([d["round"], d["name"], d["frames"],
+                           *[_fmt(runs[m]["domains"][i].get(key), fmt) for m in methods]]))
+    if mean_key is not None:
+        lines.append(_row(["", "**mean**", "",
+                           *[f"**{_fmt(runs[m].get(mean_key), fmt)}**" for m in methods]]))
+    return lines
+
+
+def _recovery_table(result: dict) -> list[str]:
+    runs, methods = result["methods"], list(result["methods"])
+    rows = [i for i, d in enumerate(runs[methods[0]]["domains"])
+            if any(runs[m]["domains"][i].get("recovery_frames") is not None for m in methods)]
+    if not rows:
+        return []
+    lines = ["", "## Recovery after each domain change (frames)", "",
+             "Frames from the boundary until the method's accuracy over a window is back near "
+             "its accuracy on the new domain (definition under *What the numbers mean*; "
+             "lower is faster, 0 = no dip).", "",
+             _row(["round", "domain", "frames", *methods]),
+             _row(["---:", "---", "---:", *["---:"] * len(methods)])]
+    for i in rows:
+        d = runs[methods[0]]["domains"][i]
+        lines.append(_row([d["round"], d["name"], d["frames"],
+                           *[_fmt(runs[m]["domains"][i].get("recovery_frames"), "{}")
+                             for m in methods]]))
+    lines.append(_row(["", "**mean**", "", *[
+        f"**{_fmt(runs[m].get('mean_recovery_frames'), '{:.1f}')}**" for m in methods]]))
+    return lines
+
+
+def _fmt(value: object, fmt: str) -> str:
+    return "—" if value is None else fmt.format(value)
+
+
 def accuracy_plot(result: dict) -> bytes:
     """PNG: per-batch accuracy along the stream (a centred moving average that never crosses a
     domain boundary) and each domain's accuracy as a dashed step, one colour per method, with a
-    vertical line at every domain boundary."""
+    vertical line at every domain boundary. Unlabelled streams: the same for the agreement with
+    ``none`` (or, without ``none``, the mean prediction entropy)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -77,32 +201,41 @@ def accuracy_plot(result: dict) -> bytes:
     edges = np.cumsum([0] + [s["frames"] for s in segments])
     fig = Figure(figsize=(max(8.0, min(0.35 * len(segments), 24.0)), 4.5), dpi=120)
     ax = fig.add_subplot()
-    chunks = len(next(iter(result["methods"].values()))["curve"]["acc"])
+    metric = plot_metric(result)
+    mean_key, unit, axis = {
+        "acc": ("mean_acc", " %", "top-1 accuracy (%)"),
+        "agreement": ("mean_agreement", " %", "agreement with none (%)"),
+        "entropy": ("mean_entropy", " nats", "mean prediction entropy (nats)")}[metric]
+    chunks = len(next(iter(result["methods"].values()))["curve"]["frames"])
     window = max(1, min(9, chunks // max(len(segments), 1) // 3) | 1)  # odd
+    top = 100.0 if unit == " %" else 1.1 * max(
+        [max(r["curve"]["entropy"], default=0.0) for r in result["methods"].values()] + [1e-3])
     for (name, run), colour in zip(result["methods"].items(), _colours()):
         ends = np.asarray(run["curve"]["frames"])
         starts = np.concatenate([[0], ends[:-1]])
-        acc = np.asarray(run["curve"]["acc"], dtype=float)
-        label = f"{name} (mean {run['mean_acc']:.1f} %)"
+        values = np.asarray(run["curve"][metric], dtype=float)
+        label = f"{name} (mean {_fmt(run[mean_key], '{:.1f}' if unit == ' %' else '{:.3f}')}" \
+                f"{unit})"
         for i, domain in enumerate(run["domains"]):
             inside = (ends > edges[i]) & (ends <= edges[i + 1])
             if inside.any():
-                ax.plot((starts[inside] + ends[inside]) / 2, _smooth(acc[inside], window),
+                ax.plot((starts[inside] + ends[inside]) / 2, _smooth(values[inside], window),
                         color=colour, linewidth=1.2, label=label if i == 0 else None)
-            ax.plot(edges[i:i + 2], [domain["acc"]] * 2, color=colour, linewidth=1.0,
-                    linestyle="--", alpha=0.6)
+            level = np.nan if domain[metric] is None else domain[metric]
+            ax.plot(edges[i:i + 2], [level] * 2, color=colour, linewidth=1.0, linestyle="--",
+                    alpha=0.6)
     for i, edge in enumerate(edges):
         ax.axvline(edge, color="grey", linewidth=0.5, alpha=0.6)
         if i < len(segments) and len(segments) <= 60:
             ax.text(edge, 1.01, segments[i]["name"], rotation=90, fontsize=6, va="bottom",
                     transform=ax.get_xaxis_transform())
     ax.set_xlim(0, max(int(edges[-1]), 1))
-    ax.set_ylim(0, 100)
+    ax.set_ylim(*((-1, 101) if unit == " %" else (0, top)))  # 0 and 100 % lines stay visible
     ax.set_xlabel("frames in stream")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(axis)
     ax.legend(loc="lower right", fontsize=7, title_fontsize=7, framealpha=0.8,
               title=("per batch" if window == 1 else f"per batch, moving average of {window}")
-              + "; dashed: domain accuracy")
+              + "; dashed: domain mean")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

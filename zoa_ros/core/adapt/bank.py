@@ -4,12 +4,16 @@ into ε so that the effective affine - and therefore every output - is unchanged
 
 Entries are rows ``1..K`` of ``ParamSet.bank`` (row 0 is the zero source entry); the
 similarity matrix is ``K x K`` over stored entries in chronological order, filled for ``i < j``
-with the mean over layers of the cosine similarities of the Δγ and of the Δβ vectors.
+with the mean over layers of the cosine similarities of the Δγ and of the Δβ vectors. Each
+entry may carry an :class:`EntryOrigin` (provenance; no effect on any output).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +108,57 @@ def save_domain(params: ParamSet, sim: torch.Tensor, layout: ParamLayout, capaci
     return params, grown, removed
 
 
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC (``2024-05-01T12:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class EntryOrigin:
+    """Where a stored entry came from: the robot and mission that stored it, when (UTC), its
+    domain number there, and the bank file it was saved to or merged from. ``pending``: stored
+    during this run and not yet labelled by a save (a save labels it with the saving run's
+    provenance; see :meth:`labelled`)."""
+
+    robot: str = ""
+    mission: str = ""
+    created: str = ""
+    domain_id: int | None = None
+    source: str = ""
+    pending: bool = False
+
+    def labelled(self, provenance: Mapping[str, str], source: str) -> EntryOrigin:
+        """A pending origin completed with the saving run's provenance (``robot``, falling back
+        to ``writer``, and ``mission``) and the file it is saved to; others are returned as is."""
+        if not self.pending:
+            return self
+        return dataclasses.replace(
+            self, robot=str(provenance.get("robot", provenance.get("writer", ""))),
+            mission=str(provenance.get("mission", "")), source=source, pending=False)
+
+    def to_json(self) -> dict:
+        return {"robot": self.robot, "mission": self.mission, "created": self.created,
+                "domain_id": self.domain_id, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> EntryOrigin:
+        """Parse :meth:`to_json` output; ``TypeError``/``ValueError`` if malformed."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"entry provenance must be an object, not {type(data).__name__}")
+        domain = data.get("domain_id")
+        return cls(robot=str(data.get("robot", "")), mission=str(data.get("mission", "")),
+                   created=str(data.get("created", "")), source=str(data.get("source", "")),
+                   domain_id=None if domain is None else int(domain))
+
+
+def origins_after_save(origins: Sequence[EntryOrigin | None], removed: int | None,
+                       domain_id: int) -> list[EntryOrigin | None]:
+    """Entry origins after :func:`save_domain`: ``removed`` dropped, a pending origin for the
+    new entry (stored now, as domain ``domain_id``) appended."""
+    kept = [o for i, o in enumerate(origins) if i != removed]
+    return [*kept, EntryOrigin(created=utc_now(), domain_id=domain_id, pending=True)]
+
+
 @dataclass
 class BankState:
     """Everything of ZOA that persists between missions (what a bank file holds)."""
@@ -121,6 +176,17 @@ class BankState:
     bn_stats: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
     domain_changes: int = 0
     domain_id: int = 0
+    origins: tuple[EntryOrigin | None, ...] = ()   # per entry; () = all unknown
+
+    def entry_origins(self) -> tuple[EntryOrigin | None, ...]:
+        """One origin per entry (``None`` = unknown); ``ValueError`` if ``origins`` does not
+        match the entries."""
+        k = self.entries.shape[0] if self.entries.dim() == 2 else 0
+        if not self.origins:
+            return (None,) * k
+        if len(self.origins) != k:
+            raise ValueError(f"{len(self.origins)} entry origins for {k} entries")
+        return tuple(self.origins)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"eps": self.eps, "alpha": self.alpha, "entries": self.entries,

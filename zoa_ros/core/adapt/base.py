@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -31,6 +32,9 @@ class AdaptMethod(ABC):
 
     * :meth:`predict` classifies frames with the current parameters and changes nothing
       (streaming mode; safe to call from another thread while :meth:`adapt` runs).
+    * :meth:`predict_with_record` classifies frames that are also offered for adaptation
+      (the engine calls it only while adaptation is on); it may update state that follows the
+      stream, e.g. the running BatchNorm statistics of :mod:`.bn_stats`.
     * :meth:`forward_and_adapt` is the paper's batch protocol: the logits for ``x`` are computed
       before the update, then one adaptation step is taken on ``x``.
     * :meth:`adapt` takes one step on buffered frames whose predictions were already returned.
@@ -81,8 +85,14 @@ class AdaptMethod(ABC):
         return None
 
     def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, object | None]:
-        """:meth:`predict` plus an opaque record that :meth:`adapt` may reuse (default: none)."""
-        return self.predict(x), None
+        """:meth:`predict` inside :meth:`observing`, plus an opaque record that :meth:`adapt`
+        may reuse (default: none)."""
+        with self.observing():
+            return self.predict(x), None
+
+    def observing(self) -> AbstractContextManager:
+        """Context in which predictions may update stream-following state (default: none)."""
+        return nullcontext()
 
     @abstractmethod
     def reset(self) -> None:

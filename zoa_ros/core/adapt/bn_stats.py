@@ -1,24 +1,39 @@
-"""BatchNorm test statistics for the baselines (BN-stat adaptation, T3A, TENT, FOA on CNNs).
+"""BatchNorm test statistics for single frames, and the helper the baselines use.
 
-Every ``BatchNorm2d`` of the model is replaced by ZOA's fused BatchNorm with no adapted affine
-(:func:`~zoa_ros.core.adapt.fused_norm.fuse_norms` with an empty layer list), so parameters,
-buffers and state-dict keys stay those of the source model, gradients still reach the module's
-own ``weight``/``bias``, and each forward pass chooses its statistics *per thread*:
+Single frames cannot be normalised with their own batch statistics, so streaming inference of a
+BatchNorm model uses a *running estimate* of the test statistics, one ``(mean, var)`` per layer,
+initialised from the source running buffers and kept current by one of two rules:
 
-* ``batch``   - the statistics of the current batch (the papers' protocol; running buffers are
+* **frames** (``frame_momentum`` ρ_f > 0, the streaming default): every classified frame's
+  per-channel input moments at each BatchNorm, measured in the prediction's own forward pass
+  (no extra pass), are folded in as they arrive - :func:`fold_frames`,
+  ``m ← (1 − ρ_f)·m + ρ_f·μ_f``, ``s ← (1 − ρ_f)·s + ρ_f·E_f[x²]`` with ``s = v + m²`` - an
+  exponential window of about ``1/ρ_f`` frames over all their pixels (the online update of
+  DUA, Mirza et al., CVPR 2022, with a constant momentum). The estimate then lags a domain
+  change by tens of frames, not by a whole adaptation batch, and costs no forward pass.
+* **batches** (``frame_momentum`` 0): each adaptation batch's mean and unbiased variance,
+  measured in an adaptation forward, are folded in with ``stats_momentum`` ρ -
+  :func:`fold_batch`; the estimate moves once per adaptation step.
+
+:class:`BatchNormStats` gives the baselines (BN-stat adaptation, T3A, TENT, FOA on CNNs) this
+estimate: every ``BatchNorm2d`` of the model is replaced by ZOA's fused BatchNorm with no
+adapted affine (:func:`~zoa_ros.core.adapt.fused_norm.fuse_norms` with an empty layer list), so
+parameters, buffers and state-dict keys stay those of the source model, gradients still reach
+the module's own ``weight``/``bias``, and each forward pass chooses its statistics *per thread*:
+
+* ``batch``   - the statistics of the current batch (the papers' protocol; the estimate is
   neither used nor updated);
-* ``running`` - a running estimate of the test statistics, initialised from the source running
-  buffers and moved towards each adapted batch's mean and unbiased variance,
-  ``m ← (1 − ρ)·m + ρ·m_B`` (ρ = ``momentum``); what single frames are classified with;
+* ``running`` - the running estimate above; what single frames are classified with;
 * ``source``  - the source running buffers, frozen (eval mode).
 
-The estimate is an immutable tuple published by one reference swap, so a prediction in another
-thread sees the old or the new estimate, never a mix. LayerNorm models have no BatchNorm: the
-helper then does nothing (``active`` is False).
+The estimate lives in an immutable set published by one reference swap (folds are atomic
+read-modify-writes), so a prediction in another thread sees the old or the new estimate, never
+a mix. LayerNorm models have no BatchNorm: the helper then does nothing (``active`` is False).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,13 +41,65 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.fused_norm import fuse_norms
-from zoa_ros.core.adapt.params import BATCH, RUNNING, ForwardContext, ParamSet, ParamStore
+from zoa_ros.core.adapt.params import (
+    BATCH,
+    RUNNING,
+    BnStats,
+    ForwardContext,
+    ParamSet,
+    ParamStore,
+)
 
 SOURCE = "source"
 MODES = (BATCH, RUNNING, SOURCE)
 
 STREAMING_REASON = ("BatchNorm normalises with the statistics of the predicted batch "
                     "(bn_stats: batch); single frames need bn_stats: running")
+
+# Settings every BatchNorm method uses in streaming mode (``streaming_defaults``): single frames
+# are classified with the running estimate, kept current from the classified frames themselves.
+FRAME_MOMENTUM = 0.01
+STREAMING_STATS = {"bn_stats": RUNNING, "frame_momentum": FRAME_MOMENTUM}
+
+Sink = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def fold_batch(stats: BnStats, sink: Sink, rho: float) -> BnStats:
+    """Move each layer's ``(mean, var)`` towards an adaptation batch's ``sink`` entry by ``rho``
+    (``rho = 1`` replaces it); layers missing from ``sink`` are kept."""
+    return tuple(((1 - rho) * m + rho * sink[i][0], (1 - rho) * v + rho * sink[i][1])
+                 if i in sink else (m, v) for i, (m, v) in enumerate(stats))
+
+
+def fold_frames(stats: BnStats, sink: Sink, rho: float) -> BnStats:
+    """Fold the frames of one prediction, in order, into the running estimate.
+
+    ``sink[i]`` holds layer ``i``'s per-frame input moments ``(mean, mean of squares)``,
+    ``[B, C]`` each (a fused BatchNorm's ``frame_sink``). Frame ``b`` of ``B`` ends up with
+    weight ``ρ(1 − ρ)^(B−1−b)``, the old estimate with ``(1 − ρ)^B``, exactly as ``B``
+    one-frame folds in a row.
+    """
+    out = []
+    for i, (m, v) in enumerate(stats):
+        if i not in sink:
+            out.append((m, v))
+            continue
+        means, squares = sink[i]
+        count = means.shape[0]
+        powers = torch.arange(count - 1, -1, -1, device=means.device, dtype=means.dtype)
+        weights = (rho * (1 - rho) ** powers)[:, None]
+        keep = (1 - rho) ** count
+        mean = keep * m + (weights * means).sum(dim=0)
+        square = keep * (v + m * m) + (weights * squares).sum(dim=0)
+        out.append((mean, (square - mean * mean).clamp(min=0)))
+    return tuple(out)
+
+
+def check_momenta(momentum: float, frame_momentum: float) -> None:
+    """Refuse momenta outside ``[0, 1]`` with the offending name."""
+    for name, value in (("stats_momentum", momentum), ("frame_momentum", frame_momentum)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], not {value}")
 
 
 def check_mode(mode: str) -> str:
@@ -44,10 +111,11 @@ def check_mode(mode: str) -> str:
 class BatchNormStats:
     """Per-forward choice of BatchNorm statistics plus a running estimate of the test ones."""
 
-    def __init__(self, model: nn.Module, momentum: float = 0.1) -> None:
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"stats momentum must be in [0, 1], not {momentum}")
+    def __init__(self, model: nn.Module, momentum: float = 0.1,
+                 frame_momentum: float = 0.0) -> None:
+        check_momenta(momentum, frame_momentum)
         self.momentum = float(momentum)
+        self.frame_momentum = float(frame_momentum)
         self.store = ParamStore(RUNNING)   # a plain model(x) call uses the running estimate
         fusion = fuse_norms(model, [], self.store)
         self.names = fusion.bn_names
@@ -58,6 +126,7 @@ class BatchNormStats:
             alpha_scale=1.0,
             bn_stats=tuple((m.to(device), v.to(device)) for m, v in fusion.bn_stats))
         self.store.publish(self._initial)
+        self._local = threading.local()
 
     @property
     def active(self) -> bool:
@@ -65,7 +134,7 @@ class BatchNormStats:
         return bool(self.names)
 
     @property
-    def estimate(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    def estimate(self) -> BnStats:
         """The published running estimate, one ``(mean, var)`` per BatchNorm."""
         return self.store.published.bn_stats
 
@@ -73,21 +142,40 @@ class BatchNormStats:
     def using(self, mode: str, collect: bool = False) -> Iterator[ForwardContext]:
         """Forward passes of this thread inside the block use ``mode``'s statistics; with
         ``collect`` (and ``mode == "batch"``) each layer's batch ``(mean, var)`` lands in
-        ``ctx.bn_sink``."""
+        ``ctx.bn_sink``; ``running`` forwards inside :meth:`observing` also fold their frames
+        into the estimate when ``frame_momentum`` is set (after the block, if it did not
+        raise)."""
         norm = RUNNING if mode == SOURCE else mode
         params = self._initial if mode == SOURCE else self.store.published
-        with self.store.using(params, norm, collect and mode == BATCH) as ctx:
+        frames = mode == RUNNING and self.frame_momentum > 0 and self._observing
+        with self.store.using(params, norm, collect and mode == BATCH, frames) as ctx:
             yield ctx
+        if ctx.frame_sink:
+            rho, sink = self.frame_momentum, ctx.frame_sink
+            self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
 
-    def update(self, sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None) -> None:
-        """Fold one adapted batch's collected statistics into the running estimate."""
-        if not sink:
+    @property
+    def _observing(self) -> bool:
+        return getattr(self._local, "observing", False)
+
+    @contextmanager
+    def observing(self) -> Iterator[None]:
+        """``running`` forwards of this thread inside the block fold their frames into the
+        estimate (the frames rule); outside it predictions change nothing."""
+        previous = self._observing
+        self._local.observing = True
+        try:
+            yield
+        finally:
+            self._local.observing = previous
+
+    def update(self, sink: Sink | None) -> None:
+        """Fold one adapted batch's collected statistics into the running estimate (the
+        *batches* rule; a no-op when the estimate follows the frames)."""
+        if not sink or self.frame_momentum > 0:
             return
         rho = self.momentum
-        params = self.store.published
-        stats = tuple(((1 - rho) * m + rho * sink[i][0], (1 - rho) * v + rho * sink[i][1])
-                      if i in sink else (m, v) for i, (m, v) in enumerate(params.bn_stats))
-        self.store.publish(params.replace(bn_stats=stats, version=params.version + 1))
+        self.store.update_stats(lambda stats: fold_batch(stats, sink, rho))
 
     def reset(self) -> None:
         self.store.publish(self._initial)

@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import math
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,7 +47,13 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.adapt.bn_stats import SOURCE, STREAMING_REASON, BatchNormStats, check_mode
+from zoa_ros.core.adapt.bn_stats import (
+    SOURCE,
+    STREAMING_REASON,
+    STREAMING_STATS,
+    BatchNormStats,
+    check_mode,
+)
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
 from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
 from zoa_ros.core.adapt.params import BATCH, RUNNING
@@ -75,6 +82,7 @@ class FOAConfig:
     compat_scalar_shift: bool = False   # reference's CNN quirk: shift by the last source scalar
     bn_stats: str = BATCH           # predict() of BatchNorm models: "batch" or "running"
     stats_momentum: float = 0.1
+    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
     min_adapt_batch: int = 16       # smaller batches are predicted, not adapted on
 
     def validate(self) -> None:
@@ -117,7 +125,7 @@ class FOA(AdaptMethod):
     """FOA with CMA-ES over input prompts; see the module docstring."""
 
     name: ClassVar[str] = "foa"
-    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
+    streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -126,7 +134,7 @@ class FOA(AdaptMethod):
         model.eval()
         self.device = next(model.parameters()).device
         self.family = model_family(model)
-        self.stats = BatchNormStats(model, cfg.stats_momentum)
+        self.stats = BatchNormStats(model, cfg.stats_momentum, cfg.frame_momentum)
         self.extractor = ThreadSafeExtractor(model)
         self.classifier = model.get_classifier()
         if self.family == "layernorm":
@@ -207,6 +215,9 @@ class FOA(AdaptMethod):
         """Diagnostic: the fitness on ``x`` of ``prompt`` (default: the current best)."""
         prompt = self.state.best if prompt is None else prompt
         return self.fitness(self._forward(x, prompt, self._adapt_norm)[0])
+
+    def observing(self) -> AbstractContextManager:
+        return self.stats.observing()
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state

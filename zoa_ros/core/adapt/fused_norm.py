@@ -13,7 +13,9 @@ and ``act`` are kept) is replaced, adapted or not, because ZOA's CNN variant nor
 test statistics in all of them. Each forward reads its normalisation from the thread's
 :class:`~zoa_ros.core.adapt.params.ForwardContext`: ``batch`` (current batch mean/var, the
 paper's protocol) or ``running`` (the parameter set's running estimate of the test statistics,
-initialised from the source running buffers, for single-frame streaming inference).
+initialised from the source running buffers, for single-frame streaming inference; the context's
+``frame_sink``, when set, receives each frame's per-channel input moments so the caller can fold
+them into that estimate, see :func:`~zoa_ros.core.adapt.bn_stats.fold_frames`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ class FusedBatchNorm(nn.BatchNorm2d):
                 ctx.bn_sink[self.index] = (mean, var)
             x = F.batch_norm(x, None, None, weight, bias, True, self.momentum or 0.0, self.eps)
         else:
+            if ctx.frame_sink is not None:
+                frames = x.detach()
+                ctx.frame_sink[self.index] = (frames.mean(dim=(2, 3)),
+                                              (frames * frames).mean(dim=(2, 3)))
             mean, var = ctx.params.bn_stats[self.index]
             x = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         return self.act(self.drop(x))

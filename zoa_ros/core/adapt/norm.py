@@ -6,14 +6,17 @@ statistics, nothing is learned, no parameter changes.
 * :meth:`NormAdapt.predict`: ``bn_stats: batch`` (default) normalises with the predicted batch's
   statistics, so single frames are not supported (``supports_streaming`` False); ``bn_stats:
   running`` uses a running estimate of the test statistics, initialised from the source buffers
-  and updated by every adapted batch (``stats_momentum``; deployment extension, not in the
-  paper) - then :meth:`NormAdapt.adapt` costs one forward.
+  (deployment extension, not in the paper; see :mod:`.bn_stats`): with ``frame_momentum`` (the
+  streaming default) every classified frame updates it inside its own forward pass and
+  :meth:`NormAdapt.adapt` has nothing to do; otherwise every adapted batch updates it
+  (``stats_momentum``) and :meth:`NormAdapt.adapt` costs one forward.
 * LayerNorm models have no statistics to adapt: the method behaves exactly as ``none`` and says so
   in :attr:`note`.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,7 +24,12 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.adapt.bn_stats import STREAMING_REASON, BatchNormStats, check_mode
+from zoa_ros.core.adapt.bn_stats import (
+    STREAMING_REASON,
+    STREAMING_STATS,
+    BatchNormStats,
+    check_mode,
+)
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict
 from zoa_ros.core.adapt.params import BATCH, RUNNING
 from zoa_ros.core.pack import ModelPack
@@ -33,6 +41,7 @@ LAYERNORM_NOTE = "LayerNorm model: no normalisation statistics to adapt; identic
 class NormConfig:
     bn_stats: str = BATCH           # predict(): "batch" (paper) or "running" (single frames)
     stats_momentum: float = 0.1     # ρ of the running estimate
+    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
     min_adapt_batch: int = 16       # smaller batches do not update the running estimate
 
     def validate(self) -> None:
@@ -44,7 +53,7 @@ class NormAdapt(AdaptMethod):
     """Test-batch BatchNorm statistics; see the module docstring."""
 
     name: ClassVar[str] = "norm"
-    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
+    streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -52,7 +61,7 @@ class NormAdapt(AdaptMethod):
         self.cfg = config_from_dict(NormConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum)
+        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum)
         self._count = CostCounter(self.costs)
         self._running = self.stats.active and self.cfg.bn_stats == RUNNING
         if not self.stats.active:
@@ -68,6 +77,9 @@ class NormAdapt(AdaptMethod):
         self._count(forward_passes=1)
         return logits, ctx.bn_sink
 
+    def observing(self) -> AbstractContextManager:
+        return self.stats.observing()
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         logits, _ = self._forward(x, self.cfg.bn_stats)
         self._count(frames_predicted=x.shape[0])
@@ -82,9 +94,10 @@ class NormAdapt(AdaptMethod):
         return logits
 
     def adapt(self, x: torch.Tensor, cached: object | None = None) -> None:
-        """``running`` mode: one forward to measure ``x``'s statistics; otherwise nothing to
-        learn (no forward, no cost)."""
-        if not self._running or x.shape[0] < self.cfg.min_adapt_batch:
+        """``running`` mode with the *batches* rule: one forward to measure ``x``'s statistics;
+        otherwise nothing to learn (no forward, no cost)."""
+        if not self._running or self.cfg.frame_momentum > 0 \
+                or x.shape[0] < self.cfg.min_adapt_batch:
             return None
         _, sink = self._forward(x, BATCH, collect=True)
         self._update(sink, x.shape[0])

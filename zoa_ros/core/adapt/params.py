@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,6 +27,8 @@ import torch
 BATCH = "batch"      # statistics of the current batch (paper protocol, adaptation forwards)
 RUNNING = "running"  # the parameter set's running estimate of the test statistics
 LAYER = "layer"      # LayerNorm models: there are no batch statistics (tag only)
+
+BnStats = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # one (mean, var) per BatchNorm
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class ParamSet:
     alpha: torch.Tensor
     bank: torch.Tensor
     alpha_scale: float
-    bn_stats: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+    bn_stats: BnStats = ()
     shift_h: torch.Tensor | None = None
     version: int = 0
     effective: torch.Tensor = field(init=False, repr=False)
@@ -127,11 +129,14 @@ class ParamSet:
 @dataclass
 class ForwardContext:
     """What the fused layers of one forward pass read: the pinned set, the BatchNorm
-    normalisation, and (optionally) a sink collecting each BatchNorm's batch ``(mean, var)``."""
+    normalisation, and optional sinks: ``bn_sink`` collects each BatchNorm's batch
+    ``(mean, var)`` (``batch`` normalisation), ``frame_sink`` each BatchNorm's per-frame input
+    moments ``(mean, mean of squares)``, shape ``[B, C]`` each (``running`` normalisation)."""
 
     params: ParamSet
     norm: str
     bn_sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    frame_sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class ParamStore:
@@ -150,16 +155,31 @@ class ParamStore:
                 raise RuntimeError("no parameter set published yet")
             return self._published
 
-    def publish(self, params: ParamSet) -> None:
-        """Make ``params`` the set that new forward passes pin (one reference swap)."""
+    def publish(self, params: ParamSet, keep_stats: bool = False) -> None:
+        """Make ``params`` the set that new forward passes pin (one reference swap).
+
+        ``keep_stats``: keep the published set's ``bn_stats`` instead of ``params``' (an
+        adaptation step built ``params`` from an older snapshot while predictions in another
+        thread kept folding frames into the statistics)."""
         with self._lock:
+            if keep_stats and self._published is not None:
+                params = params.replace(bn_stats=self._published.bn_stats)
             self._published = params
 
+    def update_stats(self, fold: Callable[[BnStats], BnStats]) -> None:
+        """Replace the published set's ``bn_stats`` with ``fold(bn_stats)``, atomically
+        (read-modify-write under the lock; the version is unchanged)."""
+        with self._lock:
+            if self._published is None:
+                raise RuntimeError("no parameter set published yet")
+            self._published = self._published.replace(bn_stats=fold(self._published.bn_stats))
+
     @contextmanager
-    def using(self, params: ParamSet, norm: str,
-              collect_bn: bool = False) -> Iterator[ForwardContext]:
+    def using(self, params: ParamSet, norm: str, collect_bn: bool = False,
+              collect_frames: bool = False) -> Iterator[ForwardContext]:
         """Within the block, forward passes *of this thread* use ``params`` and ``norm``."""
-        ctx = ForwardContext(params, norm, {} if collect_bn else None)
+        ctx = ForwardContext(params, norm, {} if collect_bn else None,
+                             {} if collect_frames else None)
         previous = getattr(self._local, "ctx", None)
         self._local.ctx = ctx
         try:

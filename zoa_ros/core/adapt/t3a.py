@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.adapt.bn_stats import SOURCE, STREAMING_REASON, BatchNormStats, check_mode
+from zoa_ros.core.adapt.bn_stats import (
+    SOURCE,
+    STREAMING_REASON,
+    STREAMING_STATS,
+    BatchNormStats,
+    check_mode,
+)
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
 from zoa_ros.core.adapt.params import BATCH, RUNNING
 from zoa_ros.core.pack import ModelPack
@@ -39,6 +45,7 @@ class T3AConfig:
     filter_k: int = 20              # supports kept per class (-1: keep all)
     bn_stats: str = BATCH           # BatchNorm models: "batch" (reference), "running", "source"
     stats_momentum: float = 0.1
+    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
 
     def validate(self) -> None:
         check_mode(self.bn_stats)
@@ -85,7 +92,7 @@ class T3A(AdaptMethod):
     """T3A over the quantized model's features; see the module docstring."""
 
     name: ClassVar[str] = "t3a"
-    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
+    streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -93,7 +100,7 @@ class T3A(AdaptMethod):
         self.cfg = config_from_dict(T3AConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum)
+        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum)
         self.head = model.get_classifier()
         self._count = CostCounter(self.costs)
         self._lock = threading.Lock()
@@ -130,9 +137,13 @@ class T3A(AdaptMethod):
         return z @ supports.prototypes
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict_with_record(x)[0]
+        return self._predict(x)[0]
 
     def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, T3ARecord]:
+        with self.stats.observing():
+            return self._predict(x)
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, T3ARecord]:
         z, head_logits, _ = self._features(x, self._predict_norm)
         self._count(frames_predicted=x.shape[0])
         return self.logits(z), T3ARecord(z, head_logits, self._predict_norm)

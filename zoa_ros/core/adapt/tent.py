@@ -20,6 +20,7 @@ Threads: parameters are updated in place, so :meth:`Tent.predict` waits for a ru
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,7 +29,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.adapt.bn_stats import SOURCE, STREAMING_REASON, BatchNormStats, check_mode
+from zoa_ros.core.adapt.bn_stats import (
+    SOURCE,
+    STREAMING_REASON,
+    STREAMING_STATS,
+    BatchNormStats,
+    check_mode,
+)
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
 from zoa_ros.core.adapt.params import BATCH, RUNNING
 from zoa_ros.core.pack import ModelPack
@@ -46,6 +53,7 @@ class TentConfig:
     weight_decay: float = 0.0
     bn_stats: str = BATCH           # predict() of BatchNorm models: "batch" or "running"
     stats_momentum: float = 0.1
+    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
     min_adapt_batch: int = 16       # smaller batches are predicted, not adapted on
 
     def validate(self) -> None:
@@ -101,7 +109,7 @@ class Tent(AdaptMethod):
     """TENT on the norm affines; see the module docstring."""
 
     name: ClassVar[str] = "tent"
-    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
+    streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -109,7 +117,7 @@ class Tent(AdaptMethod):
         self.cfg = config_from_dict(TentConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum)
+        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum)
         self.family, named = norm_affine_parameters(model)
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -138,6 +146,9 @@ class Tent(AdaptMethod):
     @property
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    def observing(self) -> AbstractContextManager:
+        return self.stats.observing()
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock, torch.no_grad(), self.stats.using(self._predict_norm):

@@ -18,11 +18,13 @@ models always; BatchNorm models only for a batch-statistics record of the whole 
 BatchNorm models: adaptation forwards always normalise with the batch's statistics (as the
 reference, and as the source statistics in the pack were measured). :meth:`ZOA.predict` uses
 ``bn_stats``: ``batch`` (the predicted batch's statistics, paper protocol) or ``running`` - a
-running estimate of the test statistics, initialised from the source running buffers and
-updated after every adapted batch with that batch's per-layer mean and unbiased variance:
-``m ← (1 − ρ)·m + ρ·m_B``, ``v ← (1 − ρ)·v + ρ·v_B`` with ρ = ``stats_momentum`` (0.1), and
-ρ = 1 on a detected domain change when ``stats_reset_on_change`` - so single frames can be
-classified with statistics of the current domain. (:meth:`ZOA.forward_and_adapt` predicts from
+running estimate of the test statistics, initialised from the source running buffers, so single
+frames can be classified with statistics of the current domain (:mod:`.bn_stats`). With
+``frame_momentum`` ρ_f > 0 (the streaming default) every predicted frame folds its own
+per-layer moments into it inside the prediction's forward pass; with ρ_f = 0 every adapted
+batch folds its mean and unbiased variance in with ρ = ``stats_momentum``. Either way, a
+detected domain change replaces the estimate by the adapted batch's statistics when
+``stats_reset_on_change``. (:meth:`ZOA.forward_and_adapt` predicts from
 its adaptation forward, i.e. with batch statistics, in either mode.)
 
 The domain detector starts empty (deployment choice, spec §9.5b); :meth:`ZOA.prime_detector`
@@ -43,8 +45,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from zoa_ros.core.adapt.bank import BankState, save_domain
+from zoa_ros.core.adapt.bank import BankState, EntryOrigin, origins_after_save, save_domain
 from zoa_ros.core.adapt.base import AdaptMethod
+from zoa_ros.core.adapt.bn_stats import STREAMING_STATS, check_momenta, fold_batch, fold_frames
 from zoa_ros.core.adapt.detector import DomainDetector
 from zoa_ros.core.adapt.fused_norm import fuse_norms
 from zoa_ros.core.adapt.layer_select import select_layers
@@ -86,7 +89,8 @@ class ZOAConfig:
     shift_step: float = 1.0
     compat_scalar_shift: bool = False
     bn_stats: str = BATCH               # predict() normalisation of BatchNorm models
-    stats_momentum: float = 0.1
+    stats_momentum: float = 0.1         # ρ per adapted batch (when frame_momentum is 0)
+    frame_momentum: float = 0.0         # ρ_f per predicted frame (streaming default: 0.01)
     stats_reset_on_change: bool = True
     layers: str | list[str] = "auto"
     block_start: int = 1
@@ -114,6 +118,7 @@ class ZOAConfig:
                              "(the loss and the detector use unbiased statistics)")
         if self.capacity < 1:
             raise ValueError("capacity must be >= 1")
+        check_momenta(self.stats_momentum, self.frame_momentum)
         if self.bn_stats not in (BATCH, RUNNING):
             raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
         if not (isinstance(self.alpha_init, int | float) or self.alpha_init == "normal"):
@@ -145,7 +150,7 @@ class ZOA(AdaptMethod):
     """
 
     name: ClassVar[str] = "zoa"
-    streaming_defaults: ClassVar[dict] = {"bn_stats": "running"}
+    streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -161,6 +166,7 @@ class ZOA(AdaptMethod):
         self._adapt_norm = BATCH if family == "batchnorm" else LAYER
         self._predict_norm = cfg.bn_stats if family == "batchnorm" else LAYER
         self._collect_bn = family == "batchnorm" and cfg.bn_stats == RUNNING
+        self._fold_frames = self._collect_bn and cfg.frame_momentum > 0
         self.store = ParamStore(self._predict_norm)
         model.eval()
         self.device = next(model.parameters()).device
@@ -184,6 +190,7 @@ class ZOA(AdaptMethod):
         self.store.publish(self._initial)
         self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
         self.similarity = torch.zeros(0, 0, device=self.device)
+        self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         self._momentum_buffer: torch.Tensor | None = None
         self._domain_changes = 0
         self._domain_id = 0
@@ -232,6 +239,23 @@ class ZOA(AdaptMethod):
         self._count(forward_passes=1)
         return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
 
+    def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
+        """The prediction forward with the published set; ``observe`` (frames offered for
+        adaptation) with the *frames* statistics rule also folds these frames into the running
+        BatchNorm estimate."""
+        x = x.to(self.device)
+        params = self.store.published
+        norm = self._predict_norm
+        fold = observe and self._fold_frames
+        with torch.no_grad(), self.store.using(params, norm, collect_frames=fold) as ctx:
+            features, early_stats = self.extractor.run(x, early=observe)
+            logits = self._shifted_logits(features, params)
+        if ctx.frame_sink:
+            rho, sink = self.cfg.frame_momentum, ctx.frame_sink
+            self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
+        self._count(forward_passes=1, frames_predicted=x.shape[0])
+        return ForwardRecord(features, logits, early_stats, None, params.version, norm)
+
     def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
         if not self.cfg.shift or params.shift_h is None:
             return features.logits
@@ -249,14 +273,11 @@ class ZOA(AdaptMethod):
         return float(self._loss(rec.features))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        rec = self._forward(x, self.store.published, self._predict_norm)
-        self._count(frames_predicted=x.shape[0])
-        return rec.logits
+        return self._predict(x, observe=False).logits
 
     def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, ForwardRecord]:
         """:meth:`predict` plus the record :meth:`adapt` can reuse (same single forward)."""
-        rec = self._forward(x, self.store.published, self._predict_norm, early=True)
-        self._count(frames_predicted=x.shape[0])
+        rec = self._predict(x, observe=True)
         return rec.logits, rec
 
     # ---- adaptation -----------------------------------------------------------------------
@@ -341,17 +362,18 @@ class ZOA(AdaptMethod):
                 updates["alpha"] = first_adamw_step(params.alpha, grad_alpha, cfg.alpha_lr,
                                                     cfg.alpha_weight_decay)
             if self._collect_bn and rec.bn_stats is not None:
-                rho = 1.0 if changed and cfg.stats_reset_on_change else cfg.stats_momentum
-                updates["bn_stats"] = tuple(
-                    ((1 - rho) * m + rho * rec.bn_stats[i][0],
-                     (1 - rho) * v + rho * rec.bn_stats[i][1]) if i in rec.bn_stats else (m, v)
-                    for i, (m, v) in enumerate(params.bn_stats))
+                reset = changed and cfg.stats_reset_on_change
+                if reset or not self._fold_frames:
+                    rho = 1.0 if reset else cfg.stats_momentum
+                    updates["bn_stats"] = fold_batch(params.bn_stats, rec.bn_stats, rho)
             if cfg.shift:
                 g_last = rec.features.pre_logits.mean(dim=0)
                 h = params.shift_h
                 updates["shift_h"] = g_last if h is None else \
                     (1 - cfg.shift_momentum) * h + cfg.shift_momentum * g_last
-        self.store.publish(params.replace(**updates, version=params.version + 1))
+        # Predictions in other threads may have folded frames into the statistics meanwhile.
+        self.store.publish(params.replace(**updates, version=params.version + 1),
+                           keep_stats="bn_stats" not in updates)
         if not finite:
             log.warning("non-finite ZOA loss (L0 %s, L+ %s): step skipped", l0, lp)
         else:
@@ -366,6 +388,7 @@ class ZOA(AdaptMethod):
         params, self.similarity, removed = save_domain(
             params, self.similarity, self.layout, self.cfg.capacity, self.cfg.weight_margin,
             self.cfg.alpha_clip)
+        self._origins = origins_after_save(self._origins, removed, self._domain_id)
         self._domain_changes += 1
         self._domain_id += 1
         return params.replace(shift_h=None), removed
@@ -387,7 +410,7 @@ class ZOA(AdaptMethod):
         with self._adapt_lock:
             params, removed = self._save_domain(self.store.published)
             self.detector.clear()
-            self.store.publish(params.replace(version=params.version + 1))
+            self.store.publish(params.replace(version=params.version + 1), keep_stats=True)
             return removed
 
     def reset(self) -> None:
@@ -396,6 +419,7 @@ class ZOA(AdaptMethod):
             self.store.publish(self._initial.replace(version=version))
             self.detector.clear()
             self.similarity = torch.zeros(0, 0, device=self.device)
+            self._origins = []
             self._momentum_buffer = None
             self._domain_changes = self._domain_id = 0
             self.last_step = None
@@ -414,7 +438,8 @@ class ZOA(AdaptMethod):
                 shift_h=None if p.shift_h is None else p.shift_h.clone(),
                 bn_names=tuple(self.bn_names),
                 bn_stats=tuple((m.clone(), v.clone()) for m, v in p.bn_stats),
-                domain_changes=self._domain_changes, domain_id=self._domain_id)
+                domain_changes=self._domain_changes, domain_id=self._domain_id,
+                origins=tuple(self._origins) if len(self._origins) == p.entries else ())
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.export_bank().tensors()
@@ -429,6 +454,7 @@ class ZOA(AdaptMethod):
             self.detector.mean = None if det_mean is None else det_mean.float().to(self.device)
             self.detector.var = None if det_var is None else det_var.float().to(self.device)
             self.similarity = state.similarity.float().to(self.device)
+            self._origins = list(state.entry_origins())
             self._momentum_buffer = None
             self._domain_changes, self._domain_id = state.domain_changes, state.domain_id
             self.store.publish(params)
@@ -455,8 +481,9 @@ class ZOA(AdaptMethod):
             c = self.extractor.early_channels
             expect["detector.mean"] = (state.detector_mean, (c,))
             expect["detector.var"] = (state.detector_var, (c,))
-        if tuple(state.bn_names) != tuple(self.bn_names) or len(state.bn_stats) != len(
-                self.bn_names):
+        source_bn = not state.bn_names and not state.bn_stats   # e.g. a merged bank
+        if not source_bn and (tuple(state.bn_names) != tuple(self.bn_names)
+                              or len(state.bn_stats) != len(self.bn_names)):
             raise ValueError("bank BatchNorm layers differ from this model's")
         for i, (m, v) in enumerate(state.bn_stats):
             n = self.store.published.bn_stats[i][0].numel()
@@ -470,9 +497,11 @@ class ZOA(AdaptMethod):
         if k > self.cfg.capacity:
             raise ValueError(f"bank holds {k} entries but capacity is {self.cfg.capacity}; "
                              "raise 'capacity'")
+        state.entry_origins()   # ValueError unless one origin per entry (or none)
         dev = self.device
         bank = torch.cat([torch.zeros(1, p, device=dev), state.entries.float().to(dev)])
         return self._initial.replace(
             eps=state.eps.float().to(dev), alpha=state.alpha.float().to(dev), bank=bank,
             shift_h=None if state.shift_h is None else state.shift_h.float().to(dev),
-            bn_stats=tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.bn_stats))
+            bn_stats=self._initial.bn_stats if source_bn else
+            tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.bn_stats))

@@ -1,0 +1,123 @@
+"""Running BatchNorm test statistics for single frames: the per-frame fold, that only frames
+offered for adaptation move it, and that an adaptation step never overwrites it with a stale
+snapshot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoa_ros.core.adapt import registry
+from zoa_ros.core.adapt.bn_stats import fold_batch, fold_frames
+from zoa_ros.core.adapt.zoa import ZOA
+from zoa_ros.core.engine import Engine
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(dim=(2, 3)), (x * x).mean(dim=(2, 3))
+
+
+def _distance(a, b) -> float:
+    return sum(float((p[0] - q[0]).pow(2).sum() + (p[1] - q[1]).pow(2).sum())
+               for p, q in zip(a, b, strict=True))
+
+
+def test_fold_of_a_batch_equals_one_frame_at_a_time() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = 2.0 + 3.0 * torch.randn(5, 4, 6, 6, generator=gen)
+    start = ((torch.zeros(4), torch.ones(4)),)
+    together = fold_frames(start, {0: _moments(x)}, 0.3)
+    one_by_one = start
+    for frame in x:
+        one_by_one = fold_frames(one_by_one, {0: _moments(frame[None])}, 0.3)
+    torch.testing.assert_close(together[0][0], one_by_one[0][0])
+    torch.testing.assert_close(together[0][1], one_by_one[0][1])
+    # ρ = 1 on one frame: exactly that frame's per-channel mean and (population) variance
+    only = fold_frames(start, {0: _moments(x[:1])}, 1.0)
+    var, mean = torch.var_mean(x[:1], dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(only[0][0], mean)
+    torch.testing.assert_close(only[0][1], var, rtol=1e-4, atol=1e-4)
+    # layers missing from the sink are kept as they were
+    assert fold_frames(start, {}, 0.3)[0][0] is start[0][0]
+    assert fold_batch(start, {}, 0.3)[0][1] is start[0][1]
+
+
+def test_fold_converges_to_the_stream_statistics() -> None:
+    """Many frames of one domain: the estimate approaches the variance over all their pixels
+    (within-frame spread plus the spread of the frame means), not the mean per-frame one."""
+    gen = torch.Generator().manual_seed(1)
+    offsets = 4.0 * torch.randn(400, 3, 1, 1, generator=gen)
+    x = offsets + torch.randn(400, 3, 8, 8, generator=gen)
+    stats = ((torch.zeros(3), torch.ones(3)),)
+    for chunk in x.split(10):
+        stats = fold_frames(stats, {0: _moments(chunk)}, 0.02)
+    var, mean = torch.var_mean(x[-100:], dim=(0, 2, 3))
+    assert float((stats[0][0] - mean).abs().max()) < 1.0
+    assert float((stats[0][1] / var - 1).abs().max()) < 0.35
+    assert float(stats[0][1].min()) > 8.0   # ≈ 16 + 1, far above the 1.0 within a frame
+
+
+def test_frames_rule_moves_only_with_observed_frames(zoa_pack, shifted_batches, stem_counter):
+    pack = zoa_pack("test_resnet")
+    method = registry.create("norm", pack.build_model(), pack,
+                             {"bn_stats": "running", "frame_momentum": 0.1},
+                             torch.Generator().manual_seed(0))
+    hooks = stem_counter(method.model)
+    (x,) = shifted_batches(pack, 1, size=64, noise=1.0)
+    probe = registry.create("norm", pack.build_model(), pack,
+                            {"bn_stats": "running", "stats_momentum": 1.0},
+                            torch.Generator().manual_seed(0))
+    probe.adapt(x)                                     # x's own batch statistics
+    target = probe.stats.estimate
+    source = method.stats.estimate
+    first = method.predict(x[:1])
+    assert method.stats.estimate is source             # predict() changes nothing
+    assert torch.equal(method.predict(x[:1]), first)
+    hooks.take()
+    d0 = _distance(source, target)
+    for i in range(len(x)):                            # one frame at a time, as a camera
+        method.predict_with_record(x[i:i + 1])
+    assert hooks.take() == len(x)                      # no forward beyond the predictions
+    assert _distance(method.stats.estimate, target) < 0.5 * d0
+    estimate = method.stats.estimate
+    method.adapt(x)                                    # frames rule: nothing left to do
+    assert hooks.take() == 0 and method.stats.estimate is estimate
+    assert not torch.equal(method.predict(x[:1]), first)
+    method.reset()
+    assert torch.equal(method.predict(x[:1]), first)
+
+
+def test_engine_with_adaptation_off_leaves_the_statistics(zoa_pack, zoa_images):
+    pack = zoa_pack("test_resnet")
+    engine = Engine(pack, method="norm", mode="streaming", batch_size=16)
+    assert engine.method.cfg.frame_momentum > 0        # the streaming default
+    frames = zoa_images(pack, 4, seed=3)
+    before = engine.method.stats.estimate
+    engine.set_adaptation(False)
+    for frame in frames:
+        engine.predict(frame[None], observe=True)
+    assert engine.method.stats.estimate is before
+    engine.set_adaptation(True)
+    engine.predict(frames[:1], observe=True)
+    assert engine.method.stats.estimate is not before
+
+
+def test_zoa_step_keeps_statistics_folded_meanwhile(zoa_pack, shifted_batches):
+    pack = zoa_pack("test_resnet")
+    method = ZOA(pack.build_model(), pack,
+                 {"bn_stats": "running", "frame_momentum": 0.2, "detect": False, "lr": 1.0,
+                  "min_adapt_batch": 8}, torch.Generator().manual_seed(0))
+    x, y = shifted_batches(pack, 2, size=64, noise=1.0)
+    snapshot = method.params
+    method.predict_with_record(y[:4])                  # frames folded after the snapshot
+    folded = method.params.bn_stats
+    assert folded is not snapshot.bn_stats
+    method.store.publish(snapshot.replace(version=snapshot.version + 1), keep_stats=True)
+    assert method.params.bn_stats is folded
+    version = method.params.version
+    info = method.adapt(x)                             # a step under the frames rule
+    assert info.adapted and method.params.version == version + 1
+    assert method.params.bn_stats is folded            # the step did not touch them
+    assert not torch.equal(method.params.eps, snapshot.eps)

@@ -1,0 +1,122 @@
+"""What ``zoa-ros evaluate`` and ``zoa-ros replay`` share: the method/mode/output arguments, and
+running :func:`zoa_ros.core.evaluation.evaluate` into the JSON result, the report and the
+printed summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from zoa_ros.core.atomic import atomic_write_bytes
+from zoa_ros.core.engine import MODES
+from zoa_ros.core.evaluation import evaluate
+from zoa_ros.core.pack import ModelPack, library_versions
+from zoa_ros.core.stream import FrameStream
+
+
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """--pack, --batch-size, --mode, --methods, --seed, --method-config, --device."""
+    p.add_argument("--pack", required=True, help="model pack file")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="frames per adaptation step (batch mode: also per classified batch)")
+    p.add_argument("--mode", choices=MODES, default="batch",
+                   help="batch: classify a batch, then adapt on it (paper protocol); "
+                        "streaming: classify frame by frame, adapt on the buffer every "
+                        "batch-size frames")
+    p.add_argument("--methods", type=comma_list, default=["none", "zoa"],
+                   help="comma-separated methods, each on its own fresh model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method-config", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE",
+                   help="method option (VALUE parsed as JSON, else a string); "
+                        "METHOD.KEY=VALUE sets it for one method only")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """--json, --report."""
+    p.add_argument("--json", required=True, help="result file to write")
+    p.add_argument("--report", help="folder for report.md and the plot (accuracy.png; "
+                                    "agreement.png for unlabelled streams)")
+
+
+def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStream,
+                   tool: str) -> dict:
+    """Evaluate ``args.methods`` over ``stream``; write ``args.json`` (and ``args.report``),
+    print the summary; returns the result."""
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    configs = parse_method_config(args.method_config, args.methods)
+    result = evaluate(pack, stream, args.methods, mode=args.mode, batch_size=args.batch_size,
+                      seed=args.seed, method_configs=configs, device=args.device,
+                      progress=sys.stderr.isatty() or bool(os.environ.get("ZOA_PROGRESS")))
+    return write_outputs(args, pack, stream, tool, result, configs)
+
+
+def write_outputs(args: argparse.Namespace, pack: ModelPack, stream: FrameStream, tool: str,
+                  result: dict, method_configs: dict[str, dict]) -> dict:
+    """Add the ``config`` section to ``result``, write ``args.json`` (and ``args.report``),
+    print the summary; returns the result."""
+    result["config"] = {
+        "tool": tool,
+        **{k: v for k, v in vars(args).items() if k not in ("run", "command")},
+        "method_configs": method_configs,
+        "stream": stream.describe(),
+        "pack_info": {"model": pack.spec.name, "weights": pack.spec.weights,
+                      "quant": pack.quant.name, "fingerprint": pack.fingerprint},
+        "versions": library_versions(),
+    }
+    atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
+    if args.report:
+        from zoa_ros.tools.report import write_report
+        write_report(result, args.report)
+    print_summary(result)
+    return result
+
+
+def parse_method_config(items: list[str], methods: list[str]) -> dict[str, dict]:
+    """``["lr=1e-4", "zoa.spsa_c=0.02"]`` -> per-method option dicts."""
+    out: dict[str, dict] = {m: {} for m in methods}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--method-config {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        scope, dot, name = key.partition(".")
+        targets = [scope] if dot and scope in methods else methods
+        for m in targets:
+            out[m][name if dot and scope in methods else key] = value
+    return out
+
+
+def comma_list(text: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def print_summary(result: dict) -> None:
+    labelled = result.get("labelled", True)
+    first = "mean acc" if labelled else "agree %"
+    print(f"{'method':12s} {first:>9s} {'entropy':>8s} {'fwd/frame':>10s} {'ms/frame':>9s} "
+          f"{'peak MB':>8s} {'domains':>8s}")
+    for name, r in result["methods"].items():
+        c = r["costs"]
+        value = r["mean_acc"] if labelled else r["mean_agreement"]
+        print(f"{name:12s} {_num(value, 9, 2)} {_num(r['mean_entropy'], 8, 3)} "
+              f"{_num(c['forward_per_frame'], 10, 3)} {_num(c['ms_per_frame'], 9, 2)} "
+              f"{_num(c['peak_mb'], 8, 1)} {r['domain_changes']:8d}")
+    run = result["run"]
+    print(f"{run['frames']} frames per method in {run['wall_s']:.1f} s "
+          f"({run['frames_per_s']:.1f} frames/s; reading the stream {run['stream_s']:.1f} s)")
+
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    """``value`` right-aligned in ``width`` with ``digits`` decimals; ``-`` for None."""
+    return f"{'-':>{width}s}" if value is None else f"{value:{width}.{digits}f}"
