@@ -314,3 +314,13 @@ def rewritten_bank(data: bytes, drop: tuple[str, ...] = (), **changes: object) -
     meta["content_sha256"] = bank_file.content_hash(meta, tensors)
     return st_save(tensors, metadata={"zoa_bank": json.dumps(meta)})
 
+
+@pytest.fixture(scope="module")
+def saved_vit_pack(zoa_pack, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """The tiny ViT pack (non-degenerate norm layers, predictions that vary from frame to
+    frame, quick calibration) and a file holding it: ``(pack, path)``."""
+    pack = zoa_pack("test_vit")
+    path = tmp_path_factory.mktemp("pack") / "vit.zoapack"
+    pack.save(path)
+    return pack, path
+

@@ -40,12 +40,8 @@ def labels_csv(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def vit(zoa_pack, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """A tiny ViT pack (non-degenerate norm layers, quick calibration) and its file."""
-    pack = zoa_pack("test_vit")
-    path = tmp_path_factory.mktemp("pack") / "vit.zoapack"
-    pack.save(path)
-    return pack, path
+def vit(saved_vit_pack: tuple) -> tuple:
+    return saved_vit_pack
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ def zoa(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS), ["bench", "model"]])
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS), ["bench", "model"],
+                                     ["bench", "node"]])
 def test_help(command: list[str]) -> None:
     result = zoa(*command, "--help")
     assert result.returncode == 0, result.stderr

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import stand_in_factory
 from PIL import Image
 
@@ -222,3 +224,88 @@ def test_arguments_and_errors(wnid_dir, vit, tmp_path) -> None:
                 "--corruptions", "clean", "--methods", "none", "--json", str(tmp_path / "o"))
     with pytest.raises(ValueError, match="outside the model's 1000 classes"):
         evaluate_tool.run(bad)
+
+
+def test_bank_files_save_load_and_refuse(wnid_dir, vit, tmp_path, capsys) -> None:
+    """--save-bank writes the engine's bank; --load-bank starts the next run from it; a bank of
+    another pack is refused (exit status 2) before the stream starts."""
+    from zoa_ros.core import bank_file
+    from zoa_ros.core.engine import Engine, EngineConfig
+    from zoa_ros.tools import cli
+
+    _, pack_path = vit
+    bank = tmp_path / "mission.zoabank"
+    common = ("--pack", str(pack_path), "--data", str(wnid_dir), "--batch-size", "16",
+              "--methods", "none,zoa", "--method-config", "zoa.detect_min_batch=16",
+              "zoa.domain_t=0.0")
+    out = tmp_path / "save.json"
+    assert cli.main(["evaluate", *common, "--corruptions", "gaussian_noise,contrast",
+                     "--save-bank", str(bank), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    zoa = saved["methods"]["zoa"]
+    state, meta = bank_file.read(bank)
+    entries = zoa["bank"]["entries"]
+    assert entries >= 1 and state.entries.shape[0] == meta["entries"] == entries
+    weights = torch.softmax(state.alpha_scale * state.alpha.double(), dim=0)
+    assert weights.tolist() == pytest.approx(zoa["domains"][-1]["bank_weights"], abs=1e-9)
+    assert "bank_weights" not in saved["methods"]["none"]["domains"][-1]
+    assert saved["config"]["save_bank"] == str(bank)
+    assert saved["config"]["bank_files"] == {"load": None, "saved": {"zoa": str(bank)}}
+    assert meta["provenance"] == {"writer": "zoa-ros evaluate"}
+
+    runs = {}
+    for name, extra in (("fresh", ()), ("loaded", ("--load-bank", str(bank)))):
+        path = tmp_path / f"{name}.json"
+        assert cli.main(["evaluate", *common, "--corruptions", "contrast", "--limit", "16",
+                         *extra, "--json", str(path)]) == 0
+        runs[name] = json.loads(path.read_text())
+    loaded = runs["loaded"]
+    assert loaded["config"]["load_bank"] == str(bank)
+    record = loaded["config"]["bank_files"]["load"]
+    assert record["methods"] == ["zoa"] and record["entries"] == entries
+    assert record["content_sha256"] == meta["content_sha256"]
+    assert loaded["methods"]["zoa"]["bank"]["entries"] >= entries
+    assert runs["fresh"]["methods"]["zoa"]["bank"]["entries"] < entries
+    # the saved bank is not neutral: the first batch is classified differently
+    assert loaded["methods"]["zoa"]["curve"]["entropy"][0] != \
+        pytest.approx(runs["fresh"]["methods"]["zoa"]["curve"]["entropy"][0], abs=1e-6)
+    assert loaded["methods"]["none"]["domains"] == runs["fresh"]["methods"]["none"]["domains"]
+
+    # the same model calibrated again (another pack, the same adapted layers)
+    other_pack = dataclasses.replace(vit[0], calibration={**vit[0].calibration, "run": 2})
+    assert other_pack.fingerprint != vit[0].fingerprint
+    foreign = tmp_path / "foreign.zoabank"
+    engine = Engine(other_pack, EngineConfig(method="zoa"))
+    engine.save_bank(foreign)
+    engine.close()
+    capsys.readouterr()
+    refused = tmp_path / "refused.json"
+    assert cli.main(["evaluate", *common, "--corruptions", "contrast", "--limit", "16",
+                     "--load-bank", str(foreign), "--json", str(refused)]) == 2
+    assert "belongs to model pack" in capsys.readouterr().err and not refused.exists()
+    # nothing to save: refused before the stream
+    assert cli.main(["evaluate", "--pack", str(pack_path), "--data", str(wnid_dir),
+                     "--methods", "none", "--corruptions", "contrast", "--limit", "4",
+                     "--save-bank", str(tmp_path / "x.zoabank"), "--json", str(refused)]) == 2
+    assert "no method of this run has a knowledge bank" in capsys.readouterr().err
+
+
+def test_bank_save_paths_and_replay_arguments() -> None:
+    from zoa_ros.core.evaluation import bank_save_paths
+    from zoa_ros.tools import cli
+
+    assert bank_save_paths("f/run.zoabank", ["zoa"]) == {"zoa": "f/run.zoabank"}
+    assert bank_save_paths("f/run.zoabank", ["zoa", "zoa2"]) == {
+        "zoa": "f/run.zoa.zoabank", "zoa2": "f/run.zoa2.zoabank"}
+    assert bank_save_paths("f/run.zoabank", ["zoa", "zoa2"], "zoa2") == {"zoa2": "f/run.zoabank"}
+    with pytest.raises(ValueError, match="no method"):
+        bank_save_paths("f/run.zoabank", [])
+    with pytest.raises(ValueError, match="not a method of this run with a knowledge bank"):
+        bank_save_paths("f/run.zoabank", ["zoa"], "none")
+    args = cli.build_parser().parse_args(["replay", "bag", "--pack", "p", "--json", "o",
+                                          "--load-bank", "a", "--save-bank", "b",
+                                          "--save-bank-method", "zoa"])
+    assert (args.load_bank, args.save_bank, args.save_bank_method) == ("a", "b", "zoa")
+    args.live = True
+    with pytest.raises(ValueError, match="do not apply with --live"):
+        args.run(args)

@@ -6,8 +6,8 @@ Semantics (:func:`merge_banks`):
   BatchNorm layer list; otherwise :class:`~zoa_ros.core.bank_file.BankError` naming both.
 * Entries: the union, in input order (all of the first bank's entries in their order, then the
   second's, ...). While more than ``capacity`` remain, the method's own rule removes one
-  (spec §4.4): the older entry ``i`` of the most similar pair ``i < j`` of the similarity matrix
-  (:func:`~zoa_ros.core.adapt.bank.pick_removal`; "older" = earlier in that order).
+  (METHOD.md §4.4): the older entry ``i`` of the most similar pair ``i < j`` of the similarity
+  matrix (:func:`~zoa_ros.core.adapt.bank.pick_removal`; "older" = earlier in that order).
 * The merged bank starts neutral: uniform mixing logits ``α = 0`` over the source entry and all
   stored entries, and ``ε = −Σ_k w_k d_k``, so the effective affine equals the origin's and
   every output equals the (quantized) source model's until adaptation moves α and ε - the same

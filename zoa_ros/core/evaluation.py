@@ -31,6 +31,14 @@ Costs per method (``costs``):
   before (activations, perturbations, temporaries; not the model, the input or the bank),
   sampled every ``memory_every`` chunks; see :mod:`zoa_ros.core.memory`.
 * ``state_mb`` - the model's parameters and buffers plus the knowledge bank.
+
+Knowledge banks (methods with one, i.e. ``export_bank``/``import_bank``, such as ZOA):
+``load_bank`` loads one bank file into every such method before the first frame (methods without
+a bank ignore it; a refused file raises :class:`~zoa_ros.core.bank_file.BankError` before the
+stream starts); ``save_bank`` writes their banks after the last frame, to the paths
+:func:`bank_save_paths` gives. ``result["bank_files"]`` records both. Each domain row of such a
+method holds ``bank_weights``: the mixing weights ``softmax(S·α)`` at the end of the segment,
+the source entry first, then the stored entries in bank order (loaded ones first).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,6 +77,9 @@ METRIC_NOTES = {
                "returned before adapting on a frame",
     "agreement": "percent of frames on which the method predicts the same class as the "
                  "unadapted model (method none) on the same frame",
+    "bank_weights": "methods with a knowledge bank: mixing weights softmax(alpha_scale * alpha) "
+                    "at the end of the domain, the source entry first, then the stored entries "
+                    "in bank order",
     "recovery_frames": f"after each change of domain: the number of frames from the boundary "
                        f"to the start of the first window of {RECOVERY_WINDOW} consecutive "
                        f"frames (the whole segment if shorter) whose top-1 accuracy is at least "
@@ -143,6 +155,8 @@ class _MethodRun:
                "entropy": self.entropy_sum / n,
                "agreement": 100.0 * self.agrees / n if reference else None,
                "recovery_frames": recovery_frames(self.hits) if labelled and boundary else None}
+        if has_bank(self.engine):
+            row["bank_weights"] = bank_weights(self.engine)
         self.domains.append(row)
         self.hits, self.agrees, self.entropy_sum = [], 0, 0.0
         return row
@@ -201,11 +215,18 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
              method_configs: Mapping[str, Mapping] | None = None, device: str = "cpu",
              memory_every: int = 8, progress: bool = True,
              method_factory: MethodFactory | None = None,
-             on_segment: Callable[[Segment, dict[str, float | None]], None] | None = None
-             ) -> dict:
+             on_segment: Callable[[Segment, dict[str, float | None]], None] | None = None,
+             load_bank: str | Path | None = None, save_bank: str | Path | None = None,
+             save_bank_method: str | None = None,
+             bank_provenance: Mapping[str, str] | None = None) -> dict:
     """Run ``methods`` side by side over ``stream``; see the module docstring for the numbers.
 
-    Returns ``{"methods": {name: {...}}, "stream": [...], "run": {...}}``.
+    ``load_bank``: a knowledge bank file loaded into every method that has a bank before the
+    first frame. ``save_bank``/``save_bank_method``: where the banks go after the last frame
+    (:func:`bank_save_paths`; ``bank_provenance`` labels the entries stored during the run).
+    Both are checked before the first frame (``ValueError``, ``BankError``).
+
+    Returns ``{"methods": {name: {...}}, "stream": [...], "run": {...}, "bank_files": {...}}``.
     """
     if not methods or len(set(methods)) != len(methods):
         raise ValueError(f"need distinct method names, got {list(methods)}")
@@ -218,6 +239,12 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
                               seed=seed, mode=mode, batch_size=batch_size,
                               min_frames=min(16, batch_size), top_k=1, device=device)
         runs.append(_MethodRun(name, Engine(pack, config, method_factory=method_factory)))
+    try:
+        bank_files = _prepare_banks(runs, load_bank, save_bank, save_bank_method)
+    except BaseException:
+        for run in runs:
+            run.engine.close()
+        raise
     pre = Preprocessor(pack.data_config)
     num_classes = len(pack.labels)
     reference = next((r for r in runs if r.name == "none"), None)
@@ -253,6 +280,10 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
             if on_segment is not None:
                 on_segment(segment, accs)
             start = time.perf_counter()
+        for run in runs:
+            path = bank_files["saved"].get(run.name)
+            if path is not None:
+                _save(run.engine, path, bank_provenance)
     finally:
         bar.close()
         for run in runs:
@@ -267,7 +298,76 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
                 "frames_per_s": frames / wall if wall > 0 else 0.0,
                 "peak_rss_mb": _peak_rss_mb(), "torch_threads": torch.get_num_threads(),
                 "device": device, "notes": METRIC_NOTES},
+        "bank_files": bank_files,
     }
+
+
+def has_bank(engine: Engine) -> bool:
+    """Whether the engine's method keeps a knowledge bank that can be saved and loaded."""
+    method = engine.method
+    return hasattr(method, "export_bank") and hasattr(method, "import_bank")
+
+
+def bank_weights(engine: Engine) -> list[float]:
+    """The method's current mixing weights ``softmax(alpha_scale * alpha)``: the source entry
+    first, then the stored entries in bank order."""
+    state = engine.method.export_bank()
+    return torch.softmax(state.alpha_scale * state.alpha.double(), dim=0).tolist()
+
+
+def bank_save_paths(path: str | Path, bank_methods: Sequence[str],
+                    method: str | None = None) -> dict[str, str]:
+    """Where ``save_bank`` writes each method's bank: ``{method: file}``.
+
+    ``method`` given: only that method's bank, to ``path`` (it must be one of ``bank_methods``).
+    Otherwise one method with a bank saves to ``path``; several save each to ``path`` with the
+    method name inserted before the suffix (``fleet.zoabank`` -> ``fleet.zoa.zoabank``).
+    ``ValueError`` if no method of the run has a bank."""
+    path = Path(path)
+    if method is not None:
+        if method not in bank_methods:
+            raise ValueError(f"save-bank method {method!r} is not a method of this run with a "
+                             f"knowledge bank (those: {list(bank_methods) or 'none'})")
+        return {method: str(path)}
+    if not bank_methods:
+        raise ValueError("no method of this run has a knowledge bank to save (ZOA has one)")
+    if len(bank_methods) == 1:
+        return {bank_methods[0]: str(path)}
+    return {m: str(path.with_name(f"{path.stem}.{m}{path.suffix}")) for m in bank_methods}
+
+
+def _prepare_banks(runs: list[_MethodRun], load_bank: str | Path | None,
+                   save_bank: str | Path | None, save_bank_method: str | None) -> dict:
+    """Resolve the save paths and load ``load_bank`` into every method with a bank (all
+    checks before the first frame); the ``bank_files`` record."""
+    bank_methods = [run.name for run in runs if has_bank(run.engine)]
+    if save_bank_method is not None and save_bank is None:
+        raise ValueError("a save-bank method needs a file to save to (--save-bank)")
+    saved = {} if save_bank is None else \
+        bank_save_paths(save_bank, bank_methods, save_bank_method)
+    loaded = None
+    if load_bank is not None:
+        if not bank_methods:
+            print(f"note: no method of this run has a knowledge bank; {load_bank} is not "
+                  "loaded", file=sys.stderr)
+        meta: dict = {}
+        for run in runs:
+            if run.name in bank_methods:
+                meta = run.engine.load_bank(load_bank)
+        loaded = {"path": str(load_bank), "methods": bank_methods,
+                  "entries": meta.get("entries"),
+                  "pack_fingerprint": meta.get("pack_fingerprint"),
+                  "content_sha256": meta.get("content_sha256"),
+                  "provenance": meta.get("provenance")}
+    return {"load": loaded, "saved": saved}
+
+
+def _save(engine: Engine, path: str, provenance: Mapping[str, str] | None) -> None:
+    from zoa_ros.core.bank_file import BankError
+    try:
+        engine.save_bank(path, dict(provenance or {}))
+    except OSError as e:
+        raise BankError(f"saving the knowledge bank to {path} failed: {e}") from e
 
 
 def recovery_frames(hits: Sequence[bool], window: int = RECOVERY_WINDOW,

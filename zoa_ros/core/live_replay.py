@@ -12,7 +12,9 @@ The offline twin (:func:`offline_answers`) runs the node's engine configuration 
 frames in this process, frame by frame as the node does (classify and buffer, then the
 adaptation step if one is due) but synchronously, on the recorded time as the engine clock.
 With method ``none`` it must give the node's prediction for every answered frame; an adapting
-method can differ once the node classifies a frame while a step is still running.
+method can differ once the node classifies a frame while a step is still running. Like the
+node, it resizes and crops every frame, also one already at the model's input size (which the
+offline ``zoa-ros replay`` uses as it is).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rclpy.node import Node
 from std_srvs.srv import Trigger
@@ -58,18 +59,24 @@ class NodeProcess:
 
 def call_trigger(node: Node, service: str, timeout: float = 60.0,
                  attempt_s: float = 10.0) -> Trigger.Response:
-    """Call a std_srvs/Trigger service and wait for the answer (``node`` must be spinning).
+    """Call a std_srvs/Trigger service and wait for the answer (see :func:`call_service`)."""
+    return call_service(node, Trigger, service, Trigger.Request(), timeout, attempt_s)
+
+
+def call_service(node: Node, srv_type: Any, service: str, request: Any,
+                 timeout: float = 60.0, attempt_s: float = 10.0) -> Any:
+    """Call a service and wait for the answer (``node`` must be spinning).
 
     A service can be discovered before its response writer has matched this client, and then
     the first response is lost; so an unanswered request is sent again every ``attempt_s``.
     """
-    client = node.create_client(Trigger, service)
+    client = node.create_client(srv_type, service)
     deadline = time.monotonic() + timeout
     try:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {service} did not appear within {timeout:.0f} s")
         while time.monotonic() < deadline:
-            future = client.call_async(Trigger.Request())
+            future = client.call_async(request)
             retry_at = min(deadline, time.monotonic() + attempt_s)
             while not future.done() and time.monotonic() < retry_at:
                 time.sleep(0.01)

@@ -1,5 +1,6 @@
 """``zoa-ros bench model``: accuracy, single-image latency and batch throughput of model packs,
-all measured in one run on this machine."""
+all measured in one run on this machine. ``zoa-ros bench node``: end-to-end latency and dropped
+frames of a live zoa_node next to the model's own latency (:mod:`zoa_ros.tools.bench_node`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from zoa_ros.core.images import read_rgb
 from zoa_ros.core.labelled_images import labelled_images
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.tools import bench_node
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--latency-runs", type=int, default=100)
     m.add_argument("--json", help="also write the results here")
     m.set_defaults(run=run_model)
+    bench_node.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import torch
-
+from zoa_ros.core.engine import Engine
 from zoa_ros.core.images import find_images, read_rgb
 from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.prediction import as_dicts, top_k
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.prediction import as_dicts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,24 +23,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     pack = ModelPack.load(args.pack)
-    model = pack.build_model()
-    pre = Preprocessor(pack.data_config)
+    # The engine every front end drives, with no adaptation: the numbers the node would give.
+    engine = Engine(pack, method="none", top_k=args.top_k, adapt_enabled=False)
     paths = [p for item in args.images for p in find_images(item)]
     failures = 0
-    with torch.no_grad():
-        model(torch.zeros(1, *pre.input_size))  # warm-up: the first call is several times slower
-        for path in paths:
-            try:
-                image = read_rgb(path)
-            except ValueError as e:
-                failures += 1
-                print(json.dumps({"path": str(path), "error": str(e)}) if args.json
-                      else f"{path}: skipped: {e}")
-                continue
-            start = time.perf_counter()
-            logits = model(pre([image]))
-            ms = (time.perf_counter() - start) * 1e3
-            _print(Path(path), top_k(logits, pack.labels, args.top_k)[0], ms, args.json)
+    for path in paths:
+        try:
+            image = read_rgb(path)
+        except ValueError as e:
+            failures += 1
+            print(json.dumps({"path": str(path), "error": str(e)}) if args.json
+                  else f"{path}: skipped: {e}")
+            continue
+        prediction = engine.predict([image])[0]
+        _print(Path(path), prediction.top, prediction.latency_ms, args.json)
     return 1 if failures == len(paths) else 0
 
 

@@ -15,8 +15,10 @@ from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.preprocess import Preprocessor
 from zoa_ros.core.stream import CorruptionStream, FrameStream, ImageNetCStream, load_crops, subset
 from zoa_ros.tools.evaluation_cli import (
+    add_bank_arguments,
     add_method_arguments,
     add_output_arguments,
+    check_bank_arguments,
     comma_list,
     parse_method_config,
     run_evaluation,
@@ -49,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "CPUs, at most 8; 0: in this process)")
     add_method_arguments(p)
     add_output_arguments(p)
+    add_bank_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--rounds, --batch-size and --limit must be >= 1")
     pack = ModelPack.load(args.pack)
     parse_method_config(args.method_config, args.methods)  # fail before reading the data
+    check_bank_arguments(args, pack)
     run_evaluation(args, pack, build_stream(args, pack), "evaluate")
     return 0
 

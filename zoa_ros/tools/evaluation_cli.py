@@ -1,5 +1,5 @@
-"""What ``zoa-ros evaluate`` and ``zoa-ros replay`` share: the method/mode/output arguments, and
-running :func:`zoa_ros.core.evaluation.evaluate` into the JSON result, the report and the
+"""What ``zoa-ros evaluate`` and ``zoa-ros replay`` share: the method/mode/output/bank arguments,
+and running :func:`zoa_ros.core.evaluation.evaluate` into the JSON result, the report and the
 printed summary."""
 
 from __future__ import annotations
@@ -35,6 +35,49 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
 
+BANK_HELP = """\
+Knowledge banks (the persistent per-domain memory of methods that keep one: ZOA). --load-bank
+loads one bank file into every such method before the first frame; methods without a bank
+ignore it. A file that cannot be used (another model pack, another layer layout, a damaged or
+newer file) stops the run before the first frame (exit status 2). --save-bank writes the bank
+after the last frame: with one method that has a bank, to FILE; with several, each to FILE with
+the method name inserted before the suffix (run.zoabank -> run.zoa.zoabank) unless
+--save-bank-method names the one to save to FILE. The result JSON's config records both
+(config.bank_files: the loaded file and which methods loaded it, the saved files)."""
+
+
+def add_bank_arguments(p: argparse.ArgumentParser) -> None:
+    """--load-bank, --save-bank, --save-bank-method."""
+    g = p.add_argument_group("knowledge bank", BANK_HELP)
+    g.add_argument("--load-bank", metavar="FILE",
+                   help="knowledge bank loaded into every method with a bank before the stream")
+    g.add_argument("--save-bank", metavar="FILE",
+                   help="write the bank of the method with a bank here after the stream "
+                        "(several such methods: FILE with the method name before the suffix)")
+    g.add_argument("--save-bank-method", metavar="NAME",
+                   help="with several methods that have a bank: save only NAME's, to FILE")
+
+
+def check_bank_arguments(args: argparse.Namespace, pack: ModelPack) -> None:
+    """Refuse a --load-bank file that is not a bank of ``pack`` before any data is read (the
+    layer layout is checked when it is loaded into the method)."""
+    if args.save_bank_method is not None:
+        if args.save_bank is None:
+            raise ValueError("--save-bank-method needs --save-bank FILE")
+        if args.save_bank_method not in args.methods:
+            raise ValueError(f"--save-bank-method {args.save_bank_method!r} is not one of "
+                             f"--methods {','.join(args.methods)}")
+    if args.load_bank is None:
+        return
+    from zoa_ros.core.bank_file import BankError, read
+    _, meta = read(args.load_bank)
+    if meta.get("pack_fingerprint") != pack.fingerprint:
+        raise BankError(
+            f"{args.load_bank}: bank belongs to model pack "
+            f"{str(meta.get('pack_fingerprint'))[:12]}, not to --pack {args.pack} "
+            f"({pack.fingerprint[:12]})")
+
+
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
     """--json, --report."""
     p.add_argument("--json", required=True, help="result file to write")
@@ -51,7 +94,13 @@ def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStrea
     configs = parse_method_config(args.method_config, args.methods)
     result = evaluate(pack, stream, args.methods, mode=args.mode, batch_size=args.batch_size,
                       seed=args.seed, method_configs=configs, device=args.device,
-                      progress=sys.stderr.isatty() or bool(os.environ.get("ZOA_PROGRESS")))
+                      progress=sys.stderr.isatty() or bool(os.environ.get("ZOA_PROGRESS")),
+                      load_bank=args.load_bank, save_bank=args.save_bank,
+                      save_bank_method=args.save_bank_method,
+                      bank_provenance={"writer": f"zoa-ros {tool}"})
+    for method, path in result["bank_files"]["saved"].items():
+        entries = result["methods"][method]["bank"]["entries"]
+        print(f"saved {method}'s knowledge bank ({entries} entries) to {path}", file=sys.stderr)
     return write_outputs(args, pack, stream, tool, result, configs)
 
 
@@ -68,6 +117,8 @@ def write_outputs(args: argparse.Namespace, pack: ModelPack, stream: FrameStream
                       "quant": pack.quant.name, "fingerprint": pack.fingerprint},
         "versions": library_versions(),
     }
+    if "bank_files" in result:
+        result["config"]["bank_files"] = result.pop("bank_files")
     atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
     if args.report:
         from zoa_ros.tools.report import write_report

@@ -17,15 +17,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from zoa_ros.core.bag_stream import AUTO, BagStream
-from zoa_ros.core.live_replay import QOS_CHOICES
+from zoa_ros.core.live_replay import (
+    QOS_CHOICES,
+    decoded_frames,
+    live_result,
+    match_answers,
+    offline_answers,
+)
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.preprocess import Preprocessor
 from zoa_ros.tools.evaluation_cli import (
+    add_bank_arguments,
     add_method_arguments,
     add_output_arguments,
+    check_bank_arguments,
     parse_method_config,
     run_evaluation,
     write_outputs,
@@ -53,10 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N usable frames")
     add_method_arguments(p)
     add_output_arguments(p)
+    add_bank_arguments(p)
     live = p.add_argument_group(
         "live replay", "--live: into a zoa_node; --methods (one method) and --seed, --device "
-        "set the started node's; --batch-size is the curve's step; --mode and "
-        "--method-config do not apply (use --node-param)")
+        "set the started node's; --batch-size is the curve's step; --mode, "
+        "--method-config and the knowledge bank options do not apply (use --node-param, "
+        "e.g. knowledge.bank_path)")
     live.add_argument("--live", action="store_true",
                       help="publish the bag into zoa_node and score its answers")
     live.add_argument("--node-running", action="store_true",
@@ -89,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --limit must be >= 1")
     if args.live:
         return _run_live(args)
+    if args.node_running or args.node_param:
+        raise ValueError("--node-running and --node-param need --live")
     parse_method_config(args.method_config, args.methods)  # fail before reading the bag
     pack = ModelPack.load(args.pack)
+    check_bank_arguments(args, pack)
     pre = Preprocessor(pack.data_config)
     label_topic = None if args.no_labels else (args.label_topic or AUTO)
     stream = BagStream(args.bag, image_topic=args.image_topic, label_topic=label_topic,
@@ -114,19 +128,17 @@ def _run_live(args: argparse.Namespace) -> int:
     if args.method_config:
         raise ValueError("--method-config does not apply with --live: set the node's "
                          "parameters with --node-param NAME=VALUE")
+    if args.load_bank or args.save_bank or args.save_bank_method:
+        raise ValueError("--load-bank/--save-bank do not apply with --live: the node loads and "
+                         "saves its bank itself (--node-param knowledge.bank_path=FILE "
+                         "knowledge.autoload=true)")
     if len(args.methods) > 1 and args.methods != DEFAULT_METHODS:
         raise ValueError("--live scores the node's one method: give --methods one method")
     if not args.rate > 0 or (args.limit is not None and args.limit < 1):
         raise ValueError("--rate must be > 0 and --limit >= 1")
     method = args.methods[0] if len(args.methods) == 1 else None
     node_params = dict(_key_value(item) for item in args.node_param)
-    from zoa_ros.core.live_replay import (
-        decoded_frames,
-        live_result,
-        match_answers,
-        offline_answers,
-    )
-    from zoa_ros.ros import bag_player
+    from zoa_ros.ros import bag_player  # rclpy: only for --live
     from zoa_ros.ros.node import ZoaNode
     from zoa_ros.ros.params import BY_NAME, SPECS
 
@@ -153,7 +165,7 @@ def _run_live(args: argparse.Namespace) -> int:
         raise ValueError("--node-param sets the parameters of a node this replay starts; "
                          "not with --node-running")
 
-    def outgoing():  # (index, header stamp, log time, CDR bytes)
+    def outgoing() -> Iterator[tuple[int, int, int, bytes]]:  # index, stamp, log time, CDR
         for i, (planned, raw) in enumerate(stream.raw_frames()):
             yield i, planned.stamp, raw.log_time_ns, raw.rawdata
 

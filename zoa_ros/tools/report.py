@@ -137,11 +137,12 @@ def live_section(live: dict) -> list[str]:
                   f"Same prediction on {offline['same']} of the {offline['compared']} answered "
                   f"frames ({_fmt(offline['agreement'], '{:.2f}')} %); first difference at "
                   f"frame {_fmt(offline['first_difference'], '{}')}. Offline adaptation steps: "
-                  f"{offline['adapt_steps']}.", "",
-                  _row(["round", "domain", "live acc", "offline acc (answered frames)",
-                        "offline acc (all frames)"]),
-                  _row(["---:", "---", "---:", "---:", "---:"])]
-        for d in offline["domains"]:
+                  f"{offline['adapt_steps']}."]
+        if any(d["offline_acc_all"] is not None for d in offline["domains"]):
+            lines += ["", _row(["round", "domain", "live acc", "offline acc (answered frames)",
+                                "offline acc (all frames)"]),
+                      _row(["---:", "---", "---:", "---:", "---:"])]
+        for d in [d for d in offline["domains"] if d["offline_acc_all"] is not None]:
             lines.append(_row([d["round"], d["name"], _fmt(d["live_acc"], "{:.2f}"),
                                _fmt(d["offline_acc_answered"], "{:.2f}"),
                                _fmt(d["offline_acc_all"], "{:.2f}")]))

@@ -1,4 +1,4 @@
-"""The domain knowledge bank (spec §4.3-4.4): save the current domain, remove the most redundant
+"""The domain knowledge bank (METHOD.md §4.3-4.4): save the current domain, drop the most redundant
 entry when full, keep the similarity matrix correctly indexed. Every operation folds its change
 into ε so that the effective affine - and therefore every output - is unchanged.
 
@@ -77,7 +77,7 @@ def similarity_matrix(layout: ParamLayout, entries: torch.Tensor) -> torch.Tenso
 def pick_removal(sim: torch.Tensor) -> int:
     """Older entry ``i`` of the most similar pair ``i < j``; the oldest entry when there is no
     pair or no pair has positive similarity (the reference's argmax then lands on an empty cell,
-    spec §9.5)."""
+    METHOD.md §9.5)."""
     k = sim.shape[0]
     if k < 2:
         return 0

@@ -1,4 +1,4 @@
-"""Domain-change detection on statistics of the earliest features (spec §4.2, §9.4).
+"""Domain-change detection on statistics of the earliest features (METHOD.md §4.2, §9.4).
 
 The signal (ViT: patch + position embeddings without prefix tokens; CNN: stem conv output) does
 not depend on adapted parameters. Divergence between the running domain estimate ``(m_d, v_d)``

@@ -1,4 +1,4 @@
-"""FOA: forward-only adaptation of input prompts by CMA-ES, with activation shifting (spec §7).
+"""FOA: forward-only adaptation of input prompts by CMA-ES, with activation shifting (METHOD.md §7).
 
 What is optimised (the model's parameters never change):
 
@@ -15,7 +15,7 @@ Per adapted batch (``popsize + 1`` forward passes, one per candidate): ``popsize
 outputs and the pack's source statistics over all feature taps:
 
 * ViT: ``Σ_b H(softmax(logits_b)) + λ·(B/64)·Σ_dims[(σ_T − σ_S)² + (μ_T − μ_S)²]`` (FOA's code);
-* CNN: ZOA-ResNet's form (spec §2.2) - ``mean_b H + λ·mean_s[MSE(σ) + MSE(μ)]``;
+* CNN: ZOA-ResNet's form (METHOD.md §2.2) - ``mean_b H + λ·mean_s[MSE(σ) + MSE(μ)]``;
 
 λ = ``fitness_lambda`` (0.4). All ``popsize + 1`` (solution, fitness) pairs go to ``es.tell``; the
 lowest-fitness candidate becomes the new best prompt and its logits, activation-shifted with the

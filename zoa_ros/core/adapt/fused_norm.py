@@ -1,6 +1,6 @@
 """Fused normalization layers: the affine comes from the published ZOA parameter set.
 
-Effective affine of an adapted layer (spec §4.1)::
+Effective affine of an adapted layer (METHOD.md §4.1)::
 
     γ = γ0 + Σ_k softmax(S·α)_k Δγ_k + εγ        β = β0 + Σ_k softmax(S·α)_k Δβ_k + εβ
 

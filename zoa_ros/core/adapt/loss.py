@@ -1,4 +1,4 @@
-"""ZOA's unsupervised objective (FOA-BP form, spec §2): feature-statistics alignment with the
+"""ZOA's unsupervised objective (FOA-BP form, METHOD.md §2): feature-statistics alignment with the
 clean source plus prediction entropy.
 
 ``L = λ · mean_s [MSE(σ_T,s, σ_S,s) + MSE(μ_T,s, μ_S,s)] + mean_b H(softmax(logits_b))`` over the

@@ -1,4 +1,4 @@
-"""BN-stat adaptation (``bn_adapt`` in the reference, spec §7): BatchNorm normalises with test
+"""BN-stat adaptation (``bn_adapt`` in the reference, METHOD.md §7): BatchNorm normalises with test
 statistics, nothing is learned, no parameter changes.
 
 * :meth:`NormAdapt.forward_and_adapt` (paper protocol): one forward in which every BatchNorm

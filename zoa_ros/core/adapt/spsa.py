@@ -1,13 +1,13 @@
 """One-sided SPSA with segmented-uniform perturbations, and ZOA's two closed-form optimizers.
 
-Estimate (spec §3, division form, reusing the unperturbed loss ``L0``)::
+Estimate (METHOD.md §3, division form, reusing the unperturbed loss ``L0``)::
 
     z_i ~ ±U[0.5, 1)          ĝ_i = (L(θ + c·z) − L0) / (c·z_i)
 
 Optimizers: SGD on ε, ``ε ← ε − η(ĝ + wd·ε)`` (optional classic momentum); and for the mixing
 logits the reference's AdamW whose state is wiped after every step, i.e. always a
 bias-corrected *first* Adam step, which in closed form is
-``α ← α(1 − η_α·wd_α) − η_α·ĝ/(|ĝ| + 1e-8)`` (spec §9.7).
+``α ← α(1 − η_α·wd_α) − η_α·ĝ/(|ĝ| + 1e-8)`` (METHOD.md §9.7).
 """
 
 from __future__ import annotations

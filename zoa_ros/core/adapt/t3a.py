@@ -1,4 +1,4 @@
-"""T3A: back-propagation-free classifier adjustment with per-class support sets (spec §7).
+"""T3A: back-propagation-free classifier adjustment with per-class support sets (METHOD.md §7).
 
 The model is split into the feature extractor (pre-logits ``z``) and the linear head. Supports
 start as the head's weight rows, each labelled by ``argmax head(row)`` and scored by the entropy

@@ -1,4 +1,4 @@
-"""TENT: entropy minimisation by back-propagation on the normalisation affines (spec §7).
+"""TENT: entropy minimisation by back-propagation on the normalisation affines (METHOD.md §7).
 
 One SGD step per adapted batch on the mean prediction entropy, over *all* norm affine
 parameters: every LayerNorm's ``weight``/``bias`` (ViT; default lr 1e-3, momentum 0.9 - FOA's

@@ -1,6 +1,6 @@
 """ZOA: zeroth-order test-time adaptation of a quantized model's norm affines (forward only).
 
-Per adapted batch (spec §4.6), exactly two full forward passes:
+Per adapted batch (METHOD.md §4.6), exactly two full forward passes:
 
 1. unperturbed forward (this is the prediction, activation-shifted; §2.3), which also yields the
    detector statistics; domain-change detection once per batch (§4.2), which on a change saves
@@ -27,7 +27,7 @@ detected domain change replaces the estimate by the adapted batch's statistics w
 ``stats_reset_on_change``. (:meth:`ZOA.forward_and_adapt` predicts from
 its adaptation forward, i.e. with batch statistics, in either mode.)
 
-The domain detector starts empty (deployment choice, spec §9.5b); :meth:`ZOA.prime_detector`
+The domain detector starts empty (deployment choice, METHOD.md §9.5b); :meth:`ZOA.prime_detector`
 on clean batches reproduces the reference's ResNet path. Thread model: :meth:`ZOA.predict` may
 run in any thread at any time; adaptation calls are serialised by an internal lock.
 """
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ZOAConfig:
-    """ZOA hyperparameters (spec §5); YAML key ``lambda`` maps to ``lam``."""
+    """ZOA hyperparameters (METHOD.md §5); YAML key ``lambda`` maps to ``lam``."""
 
     lr: float = 5e-4                    # SGD on ε
     weight_decay: float = 0.4
@@ -396,7 +396,7 @@ class ZOA(AdaptMethod):
     def prime_detector(self, x: torch.Tensor) -> None:
         """Fold a clean batch into the domain detector without adapting (one forward).
 
-        The detector normally starts empty (deployment choice, spec §9.5b); priming it on clean
+        The detector normally starts empty (deployment choice, METHOD.md §9.5b); priming it on clean
         batches reproduces the reference's ResNet path, whose first corrupted batch then
         registers as a change.
         """

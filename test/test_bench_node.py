@@ -1,0 +1,63 @@
+"""``zoa-ros bench node`` end to end: a real node process on a tiny pack, ~2 s per condition."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoa_ros.tools import bench_node
+
+CLI = str(Path(sys.executable).with_name("zoa-ros"))
+
+
+def test_parse_sizes_and_params() -> None:
+    assert bench_node.parse_sizes("224x224, 640X480") == [(224, 224), (640, 480)]
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        bench_node.parse_sizes("640-480")
+    assert bench_node.parse_params(["a.b:=0.5", "c:=true", "d:=x"]) == {
+        "a.b": 0.5, "c": True, "d": "x"}
+    with pytest.raises(ValueError, match="NAME:=VALUE"):
+        bench_node.parse_params(["a=1"])
+
+
+def test_bench_node_json(make_pack, tmp_path: Path) -> None:
+    _, pack = make_pack("test_resnet", "w8a8")
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ROS_", "FASTDDS_", "RMW_"))}
+    result = subprocess.run(
+        [CLI, "bench", "node", "--pack", str(pack), "--seconds", "2", "--warmup", "0.5",
+         "--model-runs", "10", "--domain-id", str(201 + os.getpid() % 31),
+         "--out", str(tmp_path / "run"), "--json", str(out)],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "p99 adaptation on / off" in result.stdout and "machine:" in result.stdout
+    report = json.loads(out.read_text())
+    conditions = report["conditions"]
+    assert [(c["size"], c["adaptation"]) for c in conditions] == [
+        ("224x224", "off"), ("640x480", "off"), ("224x224", "on"), ("640x480", "on")]
+    for c in conditions:
+        assert c["sent"] > 20 and 0 < c["answered"] <= c["sent"]
+        assert c["dropped"] == c["sent"] - c["answered"]
+        lat, model = c["latency_ms"], c["model_ms"]
+        assert lat["n"] == c["answered"] and 0 < lat["p50"] <= lat["p99"]
+        assert model["n"] == 10 and 0 < model["p50"] <= model["p99"]
+        node = c["node"]
+        assert node is not None and node["received"] > 0 and node["classified"] > 0
+        assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
+    assert all(c["node"]["adaptation_steps"] == 0 for c in conditions[:2])
+    assert sum(c["node"]["adaptation_steps"] for c in conditions[2:]) > 0
+    by = {(c["size"], c["adaptation"]): c for c in conditions}
+    for size, r in report["ratios"].items():
+        off, on = by[(size, "off")], by[(size, "on")]
+        assert r["node_p50_over_model_p50_off"] == pytest.approx(
+            off["latency_ms"]["p50"] / off["model_ms"]["p50"])
+        assert r["p99_on_over_p99_off"] == pytest.approx(
+            on["latency_ms"]["p99"] / off["latency_ms"]["p99"])
+        assert r["p50_target_met"] == (r["node_p50_over_model_p50_off"] <= 1.10)
+    assert report["machine"]["cpus"] >= 1 and report["settings"]["rate_hz"] == 30.0

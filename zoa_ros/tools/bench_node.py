@@ -1,0 +1,586 @@
+"""``zoa-ros bench node``: end-to-end latency and dropped frames of a live ``zoa_node``, next to
+the bare model's own latency, all measured in one run on this machine.
+
+``zoa_node`` runs as its own process with the shipped ``config/zoa.yaml`` and the Fast DDS
+large-image profile; this process publishes rgb8 frames (the photos bundled with scikit-image,
+resized) with sensor-data QoS at ``--rate`` Hz and subscribes to ``classification_json``.
+Latency = receipt of a result here minus the header stamp of the frame it answers (matched by
+the stamp in the JSON; one clock). A frame never answered counts as dropped; the node's
+``/diagnostics`` counters split drops into frames overwritten in its newest-frame slot (the
+model was busy) and frames that never reached its callback.
+
+Conditions: every size x adaptation off / on (one node process per setting: ``adaptation.enabled``
+false / true, everything else from the config, so "on" is the default ZOA method with the
+config's interval). Each condition: the model's latency (``Engine.predict`` on one frame of that
+size, the node's per-frame computation, in this process while the node idles, from one worker
+thread as the node's inference thread does (on this 2-core machine under other load, calls from
+the main thread measured 4-20x slower); half the runs before the condition, half after, so both
+see the same machine), a warm-up stream that is not
+counted, a pause until the node has answered and published fresh counters, then the measured
+stream. Targets: at p50 the node adds <= 10 % to the model (node p50 / model p50, with
+adaptation off) and adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGET_P50_RATIO = 1.10   # node p50 / model p50, adaptation off
+TARGET_P99_RATIO = 1.50   # node p99 with adaptation on / off
+SETTLE_S = 3.0            # after a stream: wait this long at most for the last frame's answer
+DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counters
+START_TIMEOUT_S = 180.0
+LEGEND = (
+    "latencies in ms; e2e = header stamp -> classification_json received; node inf = the node's "
+    "Engine.predict time (from the JSON); e2e-inf = the rest (transport, waiting in the "
+    "newest-frame slot while the model is busy, conversion); dropped = sent - answered; slot = "
+    "overwritten in the node's newest-frame slot; lost = never reached the node's callback "
+    "(transport, or pushed out of its DDS queue of qos.depth while it was busy; both from the "
+    "node's /diagnostics); model = Engine.predict on one frame in the bench process (a worker "
+    "thread), measured just before and after each condition")
+
+
+def add_parser(bsub: argparse._SubParsersAction) -> None:
+    p = bsub.add_parser("node", help="end-to-end latency and drops of a live zoa_node",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pack", help="model pack; default: the demo's W8A8 EfficientNet-Lite0 "
+                   "(built in --out on first use)")
+    p.add_argument("--quant", default="w8a8", choices=("none", "w8a8", "w6a6", "w4a4"),
+                   help="quantization of the default pack (without --pack)")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per condition")
+    p.add_argument("--warmup", type=float, default=3.0, help="uncounted seconds per condition")
+    p.add_argument("--rate", type=float, default=30.0, help="camera rate in Hz")
+    p.add_argument("--sizes", default="224x224,640x480", help="WxH,... rgb8 frame sizes")
+    p.add_argument("--frames-source", default="photos",
+                   help="'photos' (the scikit-image sample photos) or an image folder")
+    p.add_argument("--model-runs", type=int, default=100,
+                   help="Engine.predict calls per condition for the model's latency")
+    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra zoa_node parameter (repeatable; default: the shipped config)")
+    p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
+                   help="ROS_DOMAIN_ID of the isolated local graph (default %(default)s)")
+    p.add_argument("--out", default="out/bench_node", help="folder for logs and the default pack")
+    p.add_argument("--json", help="also write the results here")
+    p.set_defaults(run=run)
+
+
+# ---- pure helpers (no ROS) ----------------------------------------------------------------------
+def parse_sizes(spec: str) -> list[tuple[int, int]]:
+    """``"224x224,640x480"`` -> [(224, 224), (640, 480)] as (width, height)."""
+    sizes = []
+    for item in spec.split(","):
+        w, sep, h = item.strip().lower().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+            raise ValueError(f"bad size {item!r}: expected WIDTHxHEIGHT, e.g. 640x480")
+        sizes.append((int(w), int(h)))
+    if not sizes:
+        raise ValueError("no sizes given")
+    return sizes
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["adaptation.min_period_s:=0.5"]`` -> {"adaptation.min_period_s": 0.5} (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name.strip():
+            raise ValueError(f"bad --param {item!r}: expected NAME:=VALUE")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int | None]:
+    """n, p50, p99, mean, max of latencies in ms (None when empty)."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "mean": None, "max": None}
+    a = np.asarray(values, dtype=float)
+    return {"n": int(a.size), "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def ratios(conditions: Sequence[dict]) -> dict[str, dict]:
+    """Per size: node p50 / model p50 (off and on) and p99 on / p99 off, with pass/fail."""
+    out: dict[str, dict] = {}
+    for size in dict.fromkeys(c["size"] for c in conditions):
+        by = {c["adaptation"]: c for c in conditions if c["size"] == size}
+        off, on = by.get("off"), by.get("on")
+        row: dict[str, Any] = {}
+        for name, c in (("off", off), ("on", on)):
+            if c is not None:   # also against the node's own Engine.predict time
+                p50 = c["latency_ms"]["p50"]
+                row[f"node_p50_over_model_p50_{name}"] = ratio(p50, c["model_ms"]["p50"])
+                row[f"node_p50_over_inference_p50_{name}"] = ratio(
+                    p50, c["node_inference_ms"]["p50"])
+        r50 = row.get("node_p50_over_model_p50_off")
+        row["p50_target_met"] = None if r50 is None else r50 <= TARGET_P50_RATIO
+        if off is not None and on is not None:
+            r99 = ratio(on["latency_ms"]["p99"], off["latency_ms"]["p99"])
+            row["p99_on_over_p99_off"] = r99
+            row["p99_target_met"] = None if r99 is None else r99 <= TARGET_P99_RATIO
+        out[size] = row
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """What this ran on (the numbers only mean something together with it)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        usable = os.cpu_count() or 0
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+            "cpus_usable": usable, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def model_latency(predict: Callable[[np.ndarray], object], frames: Sequence[np.ndarray],
+                  runs: int, warmup: int = 3) -> list[float]:
+    """Wall time (ms) of ``predict(frame)`` over ``runs`` calls, cycling through ``frames``."""
+    if runs < 1:
+        return []
+    for i in range(warmup):
+        predict(frames[i % len(frames)])
+    times = []
+    for i in range(runs):
+        frame = frames[i % len(frames)]
+        start = time.perf_counter()
+        predict(frame)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def format_report(report: dict) -> str:
+    """The console table, the ratios against their targets and the machine line."""
+    lines = [f"{'size':9s} {'adapt':5s} {'sent':>5s} {'answd':>5s} {'dropped':>12s} "
+             f"{'slot':>5s} {'lost':>4s} {'e2e p50':>7s} {'e2e p99':>7s} {'node inf p50':>12s} "
+             f"{'e2e-inf p50':>11s} {'model p50':>9s} {'model p99':>9s} {'p50/model':>9s} "
+             f"{'steps':>5s}"]
+    for c in report["conditions"]:
+        node = c["node"] or {}
+        lat, mod = c["latency_ms"], c["model_ms"]
+        lines.append(
+            f"{c['size']:9s} {c['adaptation']:5s} {c['sent']:5d} {c['answered']:5d} "
+            f"{c['dropped']:5d} ({c['dropped_pct']:4.1f}%) "
+            f"{_num(node.get('dropped_in_slot'), 5)} {_num(node.get('lost_in_transport'), 4)} "
+            f"{_num(lat['p50'], 7, 1)} {_num(lat['p99'], 7, 1)} "
+            f"{_num(c['node_inference_ms']['p50'], 12, 1)} "
+            f"{_num(c['outside_inference_ms']['p50'], 11, 1)} {_num(mod['p50'], 9, 1)} "
+            f"{_num(mod['p99'], 9, 1)} {_num(ratio(lat['p50'], mod['p50']), 9, 2)} "
+            f"{_num(node.get('adaptation_steps'), 5)}")
+    lines.append(textwrap.fill(LEGEND, 100))
+    for c in report["conditions"]:
+        before, after = c["model_ms"].get("p50_before"), c["model_ms"].get("p50_after")
+        if before and after and max(before, after) > 1.25 * min(before, after):
+            lines.append(f"note: model p50 moved from {before:.1f} to {after:.1f} ms around "
+                         f"{c['size']}/{c['adaptation']}: other load on the machine changed")
+    lines.append("")
+    for size, r in report["ratios"].items():
+        r50 = r.get("node_p50_over_model_p50_off")
+        lines.append(f"{size}: node p50 / model p50 (adaptation off) = {_num(r50, 0, 2)} "
+                     f"(target <= {TARGET_P50_RATIO:.2f}: {_verdict(r.get('p50_target_met'))}); "
+                     f"with adaptation on {_num(r.get('node_p50_over_model_p50_on'), 0, 2)}")
+        lines.append(f"{size}: node p50 / its own inference p50 (same frames, same process; "
+                     f"robust to other load) = "
+                     f"{_num(r.get('node_p50_over_inference_p50_off'), 0, 2)} off, "
+                     f"{_num(r.get('node_p50_over_inference_p50_on'), 0, 2)} on")
+        if "p99_on_over_p99_off" in r:
+            lines.append(f"{size}: p99 adaptation on / off = "
+                         f"{_num(r['p99_on_over_p99_off'], 0, 2)} (target <= "
+                         f"{TARGET_P99_RATIO:.2f}: {_verdict(r.get('p99_target_met'))})")
+    m, s = report["machine"], report["settings"]
+    lines.append("")
+    lines.append(f"machine: {m['cpu']}, {m['cpus_usable']} of {m['cpus']} CPUs usable, "
+                 f"{m['platform']}, torch {m['torch']} ({m['torch_threads']} threads); load "
+                 f"average {_load(m['load_average'])} at start, "
+                 f"{_load(report['load_average_end'])} at end (other processes share the CPU)")
+    lines.append(f"pack {s['pack']}; {s['rate_hz']:g} Hz, {s['seconds']:g} s per condition "
+                 f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}; node log "
+                 f"{s['node_logs']}")
+    return "\n".join(lines)
+
+
+def _num(value: float | int | None, width: int, digits: int = 0) -> str:
+    if value is None:
+        return f"{'n/a':>{width}s}"
+    return f"{value:{width}.{digits}f}" if digits else f"{round(value):{width}d}"
+
+
+def _load(values: Sequence[float] | None) -> str:
+    return "/".join(f"{x:.2f}" for x in values) if values else "n/a"
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "NOT met")
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    sizes = parse_sizes(args.sizes)
+    extra = parse_params(args.param)
+    if args.seconds <= 0 or args.rate <= 0 or args.warmup < 0 or args.model_runs < 1:
+        raise ValueError("--seconds and --rate must be > 0, --warmup >= 0, --model-runs >= 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pack_path = Path(args.pack) if args.pack else _default_pack(out, args.quant)
+    if not pack_path.is_file():
+        raise FileNotFoundError(f"no such pack: {pack_path}")
+    frames = {size: _frames(args.frames_source, size) for size in sizes}
+
+    from zoa_ros.ros import params
+    from zoa_ros.ros.node_process import ros_env
+
+    env = ros_env(domain_id=args.domain_id, ros_home=(out / "ros").resolve())
+    params.use_default_fastdds_profile(env)
+    os.environ.update(env)   # this process joins the same isolated graph
+    import rclpy
+
+    rclpy.init()
+    try:
+        report = _Bench(args, out, pack_path.resolve(), frames, extra, env).run()
+    except RuntimeError as e:
+        print(f"zoa-ros bench node: {e}")
+        return 1
+    finally:
+        rclpy.try_shutdown()
+    print(format_report(report), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _default_pack(out: Path, quant: str) -> Path:
+    """The demo's default pack (W8A8 EfficientNet-Lite0, pip-packaged weights), built once."""
+    from zoa_ros.core.sample_photos import write_photos
+    from zoa_ros.tools.demo import _ensure_pack
+
+    path = out / f"efficientnet_lite0_{quant}.zoapack"
+    _ensure_pack(path, write_photos(out / "photos"), quant)
+    return path
+
+
+def _frames(source: str, size: tuple[int, int]) -> list[np.ndarray]:
+    """uint8 HxWx3 RGB frames of ``size`` (w, h) from the sample photos or an image folder."""
+    from zoa_ros.ros.virtual_camera import render_frames
+
+    if source == "photos":
+        from zoa_ros.core.sample_photos import PHOTOS, load_photo
+        images = [load_photo(n) for n in PHOTOS]
+    else:
+        from zoa_ros.core.images import find_images, read_rgb
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--frames-source: no such folder {source}")
+        images = [read_rgb(p) for p in find_images(folder)[:32]]
+        if not images:
+            raise ValueError(f"--frames-source: no images in {source}")
+    rendered = render_frames(images, {"clean"}, size, severity=1)
+    return [rendered[("clean", i)] for i in range(len(images))]
+
+
+def _node_params(extra: dict[str, Any]) -> dict[str, Any]:
+    """The node's parameters: the shipped config (flattened) with ``extra`` on top."""
+    import yaml
+
+    from zoa_ros.ros.params import SPECS, config_path
+
+    values = {s.name: s.default for s in SPECS}
+    path = config_path("zoa.yaml")
+    if path is not None:
+        doc = yaml.safe_load(path.read_text()) or {}
+        values.update(_flatten(doc.get("zoa_node", {}).get("ros__parameters", {})))
+    values.update(extra)
+    return values
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _model_engine(pack_path: Path, values: dict[str, Any]) -> Any:
+    """The engine the node builds from ``values`` (same pack, method, preset, BN statistics),
+    with adaptation off: its ``predict`` is the model's per-frame cost."""
+    from dataclasses import replace
+
+    from zoa_ros.core.engine import Engine
+    from zoa_ros.core.pack import ModelPack
+    from zoa_ros.ros.node import ZoaNode
+
+    pack = ModelPack.load(pack_path)
+    config = ZoaNode.engine_config(values.__getitem__, len(pack.labels))
+    return Engine(pack, replace(config, adapt_enabled=False))
+
+
+@dataclass
+class _Diag:
+    """The newest counters from the node's /diagnostics and when they arrived."""
+
+    at: float = -1.0
+    values: dict[str, str] = field(default_factory=dict)
+
+
+class _Bench:
+    """Camera, result and diagnostics listener in this process; the node in another."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, pack_path: Path,
+                 frames: dict[tuple[int, int], list[np.ndarray]], extra: dict[str, Any],
+                 env: dict[str, str]) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from std_msgs.msg import String
+
+        from zoa_ros.ros.virtual_camera import VirtualCamera
+
+        self.args, self.out, self.pack_path, self.frames = args, out, pack_path, frames
+        self.extra, self.env = extra, env
+        self.machine = machine()
+        self.camera = VirtualCamera(topic="image", name="bench_camera")
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.results_sub = self.camera.create_subscription(
+            String, "classification_json", self._on_result, reliable)
+        self.diag_sub = self.camera.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diag, reliable)
+        self.lock = threading.Condition()
+        self.phase: dict[int, str] = {}                 # stamp (ns) -> condition key
+        self.answers: dict[str, list[tuple[float, float]]] = {}   # key -> [(e2e, inference)]
+        self.newest_answered = -1
+        self.diag = _Diag()
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.camera)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="bench_model")
+
+    # ---- callbacks (executor thread) ----
+    def _on_result(self, msg: Any) -> None:
+        now = self.camera.get_clock().now().nanoseconds
+        result = json.loads(msg.data)
+        stamp = result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
+        with self.lock:
+            key = self.phase.get(stamp)
+            if key is not None:
+                self.answers.setdefault(key, []).append(
+                    ((now - stamp) * 1e-6, float(result["inference_ms"])))
+            self.newest_answered = max(self.newest_answered, stamp)
+            self.lock.notify_all()
+
+    def _on_diag(self, msg: Any) -> None:
+        from zoa_ros.ros.diagnostics import values_of
+
+        values: dict[str, str] = {}
+        for status in msg.status:
+            if not status.name.startswith("/zoa_node:"):
+                continue
+            prefix = "camera." if ": camera " in status.name else ""
+            values.update({prefix + k: v for k, v in values_of(status).items()})
+        if values:
+            with self.lock:
+                self.diag = _Diag(time.monotonic(), values)
+                self.lock.notify_all()
+
+    # ---- orchestration ----
+    def run(self) -> dict:
+        from zoa_ros.ros.node_process import NodeProcess
+
+        values = _node_params(self.extra)
+        print(f"loading {self.pack_path} for the model's latency ...", flush=True)
+        engine = _model_engine(self.pack_path, values)
+        self.spinner.start()
+        conditions = []
+        logs = []
+        try:
+            for adapt in (False, True):
+                label = "on" if adapt else "off"
+                log = self.out / f"node_adaptation_{label}.log"
+                log.unlink(missing_ok=True)
+                logs.append(str(log))
+                overrides = {"pack": self.pack_path, "adaptation.enabled": adapt,
+                             "knowledge.autoload": False, "knowledge.autosave": False,
+                             "knowledge.bank_path": (self.out / "bench.zoabank").resolve(),
+                             **self.extra}
+                print(f"starting zoa_node (adaptation {label}) ...", flush=True)
+                node = NodeProcess(overrides, self.env, log)
+                try:
+                    self._wait_for_node(node)
+                    for size, frames in self.frames.items():
+                        conditions.append(self._condition(size, label, frames, engine))
+                        if not node.alive():
+                            raise RuntimeError(f"zoa_node exited; see {log}")
+                finally:
+                    node.stop()
+        finally:
+            self.executor.shutdown()
+            self.spinner.join(timeout=5)
+            self.model_thread.shutdown()
+            engine.close()
+        a = self.args
+        return {
+            "machine": self.machine,
+            "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "settings": {"pack": str(self.pack_path), "rate_hz": a.rate, "seconds": a.seconds,
+                         "warmup_s": a.warmup, "sizes": a.sizes,
+                         "frames_source": a.frames_source, "model_runs": a.model_runs,
+                         "encoding": "rgb8", "camera_qos": "sensor data (best effort)",
+                         "params_overrides": {k: str(v) for k, v in self.extra.items()},
+                         "adaptation_method": values["adaptation.method"],
+                         "adaptation_interval_frames": values["adaptation.interval_frames"],
+                         "adaptation_batch_size": values["adaptation.batch_size"],
+                         "adaptation_min_period_s": values["adaptation.min_period_s"],
+                         "fastdds_profile": self.env.get("FASTDDS_DEFAULT_PROFILES_FILE"),
+                         "ros_domain_id": a.domain_id, "node_logs": ", ".join(logs)},
+            "conditions": conditions,
+            "ratios": ratios(conditions),
+            "targets": {"node_p50_over_model_p50_max": TARGET_P50_RATIO,
+                        "p99_on_over_p99_off_max": TARGET_P99_RATIO},
+        }
+
+    def _wait_for_node(self, node: Any) -> None:
+        """Until the node is active and matched: camera, results and diagnostics."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while (self.camera.publisher.get_subscription_count() == 0
+               or self.results_sub.get_publisher_count() == 0
+               or self.diag_sub.get_publisher_count() == 0):
+            if not node.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"zoa_node did not come up; see {node.log_path}")
+            time.sleep(0.05)
+
+    def _condition(self, size: tuple[int, int], adapt: str, frames: list[np.ndarray],
+                   engine: Any) -> dict:
+        name = f"{size[0]}x{size[1]}"
+        key = f"{name}/{adapt}"
+        runs = self.args.model_runs
+        print(f"{key}: model latency ({runs - runs // 2} runs) ...", flush=True)
+        model_before = self._model_latency(engine, frames, runs - runs // 2)
+        if self.args.warmup > 0:
+            print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
+            self._settle(self._stream(frames, self.args.warmup, None)[1])
+        before = self._counters()
+        print(f"{key}: streaming {self.args.seconds:g} s at {self.args.rate:g} Hz ...",
+              flush=True)
+        started = time.monotonic()
+        sent, last = self._stream(frames, self.args.seconds, key)
+        elapsed = time.monotonic() - started
+        self._settle(last)
+        after = self._counters()
+        if runs // 2:
+            print(f"{key}: model latency ({runs // 2} runs) ...", flush=True)
+        model_after = self._model_latency(engine, frames, runs // 2, warmup=1)
+        model = summary(model_before + model_after)
+        model["p50_before"] = summary(model_before)["p50"]
+        model["p50_after"] = summary(model_after)["p50"]
+        with self.lock:
+            answers = list(self.answers.get(key, []))
+        answered = len(answers)
+        node = _delta(before, after) if before and after else None
+        if node is not None:
+            node["lost_in_transport"] = sent - node["received"]
+        return {"size": name, "adaptation": adapt, "seconds": elapsed,
+                "rate_hz": sent / elapsed if elapsed > 0 else 0.0, "sent": sent,
+                "answered": answered, "answered_hz": answered / elapsed if elapsed > 0 else 0.0,
+                "dropped": sent - answered,
+                "dropped_pct": 100.0 * (sent - answered) / sent if sent else 0.0,
+                "latency_ms": summary([a[0] for a in answers]),
+                "node_inference_ms": summary([a[1] for a in answers]),
+                "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
+                "model_ms": model, "node": node}
+
+    def _model_latency(self, engine: Any, frames: list[np.ndarray], runs: int,
+                       warmup: int = 3) -> list[float]:
+        """:func:`model_latency` of ``engine.predict`` on the bench's one model thread."""
+        return self.model_thread.submit(model_latency, engine.predict, frames, runs,
+                                        warmup).result()
+
+    def _stream(self, frames: list[np.ndarray], seconds: float, key: str | None
+                ) -> tuple[int, int]:
+        """Publish at the rate for ``seconds``; returns (frames sent, newest stamp in ns)."""
+        period = 1.0 / self.args.rate
+        tick = time.monotonic()
+        end = tick + seconds
+        sent, last = 0, -1
+        while tick < end:
+            sec, nanosec = self.camera.publish(frames[sent % len(frames)])
+            last = sec * 1_000_000_000 + nanosec
+            if key is not None:
+                with self.lock:
+                    self.phase[last] = key
+            sent += 1
+            tick += period
+            now = time.monotonic()
+            if now - tick > period:   # fell behind (CPU busy): keep the rate, do not burst
+                tick = now
+            time.sleep(max(0.0, tick - now))
+        return sent, last
+
+    def _settle(self, last: int) -> None:
+        """Wait (at most SETTLE_S) until the newest frame sent has been answered."""
+        deadline = time.monotonic() + SETTLE_S
+        with self.lock:
+            while self.newest_answered < last and time.monotonic() < deadline:
+                self.lock.wait(0.05)
+
+    def _counters(self) -> dict[str, float] | None:
+        """The node's cumulative counters from a /diagnostics message published from now on."""
+        since = time.monotonic()
+        deadline = since + DIAG_WAIT_S
+        with self.lock:
+            while self.diag.at <= since and time.monotonic() < deadline:
+                self.lock.wait(0.05)
+            diag = self.diag
+        if diag.at <= since:
+            return None
+        v = diag.values
+
+        def num(name: str) -> float:
+            try:
+                return float(v.get(name) or 0.0)
+            except ValueError:
+                return 0.0
+
+        return {"received": num("camera.received"), "classified": num("frames_classified"),
+                "dropped_in_slot": num("dropped_frames"), "malformed": num("malformed_messages"),
+                "adaptation_steps": num("adaptation_steps"),
+                "adaptation_skipped": num("adaptation_skipped"),
+                "inference_errors": num("inference_errors"),
+                "last_step_ms": num("last_step_ms")}
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Counters over the measured window (``last_step_ms`` is the newest value, not a delta)."""
+    out: dict[str, Any] = {k: int(after[k] - before[k]) for k in after if k != "last_step_ms"}
+    out["last_step_ms"] = after["last_step_ms"]
+    return out
