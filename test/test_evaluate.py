@@ -309,3 +309,23 @@ def test_bank_save_paths_and_replay_arguments() -> None:
     args.live = True
     with pytest.raises(ValueError, match="do not apply with --live"):
         args.run(args)
+
+
+def test_report_says_what_a_method_cannot_do(wnid_dir, vit, tmp_path) -> None:
+    """The report names caveats: ``norm`` on a LayerNorm model is ``none``; TENT through fake
+    quantization is a straight-through variant whose autograd graph is measured."""
+    _, pack_path = vit
+    out = tmp_path / "notes.json"
+    args = parse("--pack", str(pack_path), "--data", str(wnid_dir), "--corruptions", "fog",
+                 "--batch-size", "16", "--limit", "16", "--methods", "none,norm,tent",
+                 "--json", str(out), "--report", str(tmp_path / "report"))
+    assert evaluate_tool.run(args) == 0
+    runs = json.loads(out.read_text())["methods"]
+    assert runs["none"]["note"] is None and runs["none"]["costs"]["graph_mb"] == 0
+    assert "LayerNorm" in runs["norm"]["note"]
+    assert "straight-through" in runs["tent"]["note"] and runs["tent"]["costs"]["graph_mb"] > 0
+    assert all(r["streaming"]["supported"] for r in runs.values())
+    report = (tmp_path / "report" / "report.md").read_text()
+    notes = report.split("## Method notes", 1)[1]
+    assert "**norm**: LayerNorm" in notes and "**tent**" in notes and "**none**" not in notes
+    assert "autograd graph of one adaptation step" in notes

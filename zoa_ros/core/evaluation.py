@@ -72,6 +72,7 @@ METRIC_NOTES = {
                "model, input and bank; sampled; CUDA: max_memory_allocated delta, CPU: "
                "TorchDispatchMode storage tracker",
     "state_mb": "model parameters + buffers + knowledge bank (MiB)",
+    "graph_mb": "largest autograd graph of one adaptation step (MiB; back-propagating methods)",
     "peak_rss_mb": "process-wide peak resident set size (MiB), all methods together",
     "entropy": "mean Shannon entropy (nats) of the softmax over all classes of the predictions "
                "returned before adapting on a frame",
@@ -173,6 +174,7 @@ class _MethodRun:
 
     def result(self) -> dict:
         stats = self.engine.stats()
+        method = self.engine.method
         frames = max(stats.frames, 1)
         per_step = stats.frames_adapted / stats.adapt_steps if stats.adapt_steps else 0.0
         seconds, timed = (self.seconds, self.timed_frames) if self.timed_frames else \
@@ -200,7 +202,11 @@ class _MethodRun:
                 "frames_adapted": self.engine.method.costs.frames_adapted,
                 "adapt_skipped": stats.adapt_skipped,
                 "timed_frames": timed,
+                "graph_mb": getattr(method, "peak_graph_bytes", method.graph_bytes) / MIB,
             },
+            "note": method.note,
+            "streaming": {"supported": method.supports_streaming,
+                          "reason": method.streaming_reason},
             "bank": {"entries": stats.bank_entries, "bytes": stats.bank_bytes},
             "domain_changes": stats.domain_changes,
             "curve": {"frames": self.curve_frames, "acc": self.curve_acc or None,

@@ -97,11 +97,29 @@ def markdown(result: dict) -> str:
                            _fmt(c["state_mb"], "{:.1f}"), c["adapt_steps"],
                            runs[m]["domain_changes"], runs[m]["bank"]["entries"],
                            _fmt(None if kb is None else kb / 1024, "{:.1f}")]))
+    lines += _method_notes(runs, config.get("mode"))
     notes = run.get("notes", {})
     if notes:
         lines += ["", "## What the numbers mean", ""]
         lines += [f"- **{k}**: {v}" for k, v in notes.items()]
     return "\n".join(lines) + "\n"
+
+
+def _method_notes(runs: dict, mode: str | None) -> list[str]:
+    """What a reader must know next to a method's numbers: its own caveat (e.g. TENT through
+    fake quantization, ``norm`` on a LayerNorm model), why it cannot classify single frames
+    (streaming runs), and the memory of its autograd graph."""
+    lines = []
+    for name, run in runs.items():
+        notes = [run["note"]] if run.get("note") else []
+        streaming = run.get("streaming") or {}
+        if mode == "streaming" and streaming.get("supported") is False:
+            notes.append(f"not supported in streaming mode: {streaming.get('reason')}")
+        graph = (run.get("costs") or {}).get("graph_mb")
+        if graph:
+            notes.append(f"autograd graph of one adaptation step: {graph:.1f} MiB")
+        lines += [f"- **{name}**: {note}" for note in notes]
+    return ["", "## Method notes", "", *lines] if lines else []
 
 
 def live_section(live: dict) -> list[str]:
