@@ -296,3 +296,25 @@ def test_launch_description_with_launch_ros() -> None:  # pragma: no cover - nee
         entity.visit(context)
     assert context.environment["FASTDDS_DEFAULT_PROFILES_FILE"].endswith(
         "fastdds_large_images.xml")
+
+
+def test_adaptation_thread_priority_is_lowered_for_that_thread_only() -> None:
+    import os
+
+    from zoa_ros.ros.node import _lower_priority
+
+    warnings: list[str] = []
+    log = SimpleNamespace(warning=warnings.append)
+    seen: dict[str, int] = {}
+
+    def adaptation() -> None:
+        _lower_priority(5, log)
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=adaptation)
+    thread.start()
+    thread.join(timeout=10)
+    assert not warnings
+    assert seen["thread"] == min(before + 5, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -92,6 +92,19 @@ TUNING = {
 PRESET_ZERO = {"adaptation.lr", "adaptation.alpha_lr", "adaptation.domain_threshold"}
 
 
+
+def _lower_priority(increment: int, log: Any) -> None:
+    """Lower this thread's CPU priority by ``increment`` (Linux: nice is per thread, and the
+    OpenMP threads torch starts for this thread's parallel regions inherit it), so a background
+    adaptation step takes the CPU only when classification does not need it."""
+    if increment <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    except (AttributeError, OSError) as e:   # not Linux, or not permitted
+        log.warning(f"adaptation.thread_nice: cannot lower the adaptation thread's priority: {e}")
+
 class ZoaNode(LifecycleNode):
     """See the module docstring. Raises :class:`params.ParameterError` on bad start-up
     parameters."""
@@ -468,6 +481,7 @@ class ZoaNode(LifecycleNode):
     def _adaptation_loop(self) -> None:
         engine = self._engine
         log = self.get_logger()
+        _lower_priority(self.p("adaptation.thread_nice"), log)
         while not self._stop.is_set():
             self._adapt_wake.wait(0.25)
             self._adapt_wake.clear()

@@ -92,6 +92,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "
          "(use_sim_time aware)", low=0.0, high=86400.0),
     Spec("adaptation.stride", 1, "buffer every n-th classified frame", low=1, high=10000),
+    Spec("adaptation.thread_nice", 10, "nice increment of the adaptation thread and the "
+         "compute threads it starts (0: same priority as classification)", read_only=True,
+         low=0, high=19),
     Spec("adaptation.lr", 0.0, "learning rate of eps (0: preset)", low=0.0, high=1.0),
     Spec("adaptation.alpha_lr", 0.0, "learning rate of the bank weights alpha (0: preset)",
          low=0.0, high=1.0),
