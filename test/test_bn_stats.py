@@ -121,3 +121,42 @@ def test_zoa_step_keeps_statistics_folded_meanwhile(zoa_pack, shifted_batches):
     assert info.adapted and method.params.version == version + 1
     assert method.params.bn_stats is folded            # the step did not touch them
     assert not torch.equal(method.params.eps, snapshot.eps)
+
+
+def test_source_prior_blends_the_statistics(zoa_pack, shifted_batches):
+    """``stats_prior`` w: single frames are normalised with the mixture of the source (weight w)
+    and the running test distribution; w = 1 is the source model whatever was folded."""
+    pack = zoa_pack("test_resnet")
+    (x,) = shifted_batches(pack, 1, size=64, noise=1.0)
+
+    def observed(prior: float):
+        method = registry.create("norm", pack.build_model(), pack,
+                                 {"bn_stats": "running", "frame_momentum": 0.2,
+                                  "stats_prior": prior}, torch.Generator().manual_seed(0))
+        for i in range(len(x)):
+            method.predict_with_record(x[i:i + 1])
+        return method
+
+    source = registry.create("none", pack.build_model(), pack, {},
+                             torch.Generator().manual_seed(0))
+    frame = x[:1]
+    torch.testing.assert_close(observed(1.0).predict(frame), source.predict(frame))
+    test_only, half = observed(0.0), observed(0.5)
+    torch.testing.assert_close(half.stats.estimate[0][0], test_only.stats.estimate[0][0])
+    outputs = [m.predict(frame) for m in (test_only, half)]
+    assert not torch.allclose(outputs[0], outputs[1])
+    assert not torch.allclose(outputs[1], source.predict(frame))
+    # the blend the first BatchNorm uses: mixture mean and variance
+    bn = next(m for m in half.model.modules() if hasattr(m, "store"))
+    mean, var = half.stats.estimate[0]
+    mixed_mean = 0.5 * mean + 0.5 * bn.running_mean
+    mixed_var = 0.5 * var + 0.5 * bn.running_var + 0.25 * (mean - bn.running_mean) ** 2
+    probe = torch.randn(2, mean.numel(), 4, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), half.stats.using("running"):
+        got = bn(probe)
+    expected = bn.act(bn.drop(torch.nn.functional.batch_norm(
+        probe, mixed_mean, mixed_var, bn.weight, bn.bias, False, 0.0, bn.eps)))
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="stats_prior"):
+        registry.create("norm", pack.build_model(), pack, {"stats_prior": 1.5},
+                        torch.Generator().manual_seed(0))

@@ -287,6 +287,7 @@ class ZoaNode(LifecycleNode):
                 "preset": p("adaptation.preset"),
                 "bn_stats": p("adaptation.bn_stats"),
                 "frame_momentum": p("adaptation.frame_momentum"),
+                "stats_prior": p("adaptation.stats_prior"),
                 "min_adapt_batch": min_batch,
                 "detect_min_batch": p("adaptation.detect_min_batch") or batch,
                 "detect": p("adaptation.detect_domains"),

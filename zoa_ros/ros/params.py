@@ -87,6 +87,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.frame_momentum", 0.01, "share of each classified frame in the running "
          "BatchNorm statistics (0: only adaptation batches update them)", read_only=True,
          low=0.0, high=1.0),
+    Spec("adaptation.stats_prior", 0.75, "share of the source statistics blended into the "
+         "running BatchNorm statistics single frames are classified with (0: test only)",
+         read_only=True, low=0.0, high=1.0),
     Spec("adaptation.interval_frames", 32, "adapt after this many new frames", low=1,
          high=1000000),
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "

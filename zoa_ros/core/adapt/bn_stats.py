@@ -15,6 +15,14 @@ initialised from the source running buffers and kept current by one of two rules
   measured in an adaptation forward, are folded in with ``stats_momentum`` ρ -
   :func:`fold_batch`; the estimate moves once per adaptation step.
 
+Single frames are then normalised with a *mixture* of the source distribution (weight
+``stats_prior`` w) and the running test estimate: ``μ = w·μ_S + (1 − w)·μ_T``,
+``σ² = w·σ²_S + (1 − w)·σ²_T + w(1 − w)(μ_T − μ_S)²`` (in the fused BatchNorm; the prior
+strength of Schneider et al., NeurIPS 2020, as a fixed weight). A camera sees few scenes at a
+time, so a test estimate over the last ~100 frames carries their content as well as the shift;
+the blend keeps the source's view of the world (streaming default w = 0.75, measured in
+docs/RESULTS.md §2.4).
+
 :class:`BatchNormStats` gives the baselines (BN-stat adaptation, T3A, TENT, FOA on CNNs) this
 estimate: every ``BatchNorm2d`` of the model is replaced by ZOA's fused BatchNorm with no
 adapted affine (:func:`~zoa_ros.core.adapt.fused_norm.fuse_norms` with an empty layer list), so
@@ -59,7 +67,9 @@ STREAMING_REASON = ("BatchNorm normalises with the statistics of the predicted b
 # Settings every BatchNorm method uses in streaming mode (``streaming_defaults``): single frames
 # are classified with the running estimate, kept current from the classified frames themselves.
 FRAME_MOMENTUM = 0.01
-STREAMING_STATS = {"bn_stats": RUNNING, "frame_momentum": FRAME_MOMENTUM}
+STATS_PRIOR = 0.75
+STREAMING_STATS = {"bn_stats": RUNNING, "frame_momentum": FRAME_MOMENTUM,
+                   "stats_prior": STATS_PRIOR}
 
 Sink = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
@@ -95,9 +105,10 @@ def fold_frames(stats: BnStats, sink: Sink, rho: float) -> BnStats:
     return tuple(out)
 
 
-def check_momenta(momentum: float, frame_momentum: float) -> None:
-    """Refuse momenta outside ``[0, 1]`` with the offending name."""
-    for name, value in (("stats_momentum", momentum), ("frame_momentum", frame_momentum)):
+def check_momenta(momentum: float, frame_momentum: float, prior: float = 0.0) -> None:
+    """Refuse momenta (and the source prior) outside ``[0, 1]`` with the offending name."""
+    for name, value in (("stats_momentum", momentum), ("frame_momentum", frame_momentum),
+                        ("stats_prior", prior)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], not {value}")
 
@@ -112,11 +123,11 @@ class BatchNormStats:
     """Per-forward choice of BatchNorm statistics plus a running estimate of the test ones."""
 
     def __init__(self, model: nn.Module, momentum: float = 0.1,
-                 frame_momentum: float = 0.0) -> None:
-        check_momenta(momentum, frame_momentum)
+                 frame_momentum: float = 0.0, prior: float = 0.0) -> None:
+        check_momenta(momentum, frame_momentum, prior)
         self.momentum = float(momentum)
         self.frame_momentum = float(frame_momentum)
-        self.store = ParamStore(RUNNING)   # a plain model(x) call uses the running estimate
+        self.store = ParamStore(RUNNING, prior)   # plain model(x) calls use the running estimate
         fusion = fuse_norms(model, [], self.store)
         self.names = fusion.bn_names
         device = next(model.parameters()).device

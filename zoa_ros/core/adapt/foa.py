@@ -83,6 +83,7 @@ class FOAConfig:
     bn_stats: str = BATCH           # predict() of BatchNorm models: "batch" or "running"
     stats_momentum: float = 0.1
     frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
+    stats_prior: float = 0.0        # share of the source statistics in running normalisation
     min_adapt_batch: int = 16       # smaller batches are predicted, not adapted on
 
     def validate(self) -> None:
@@ -134,7 +135,8 @@ class FOA(AdaptMethod):
         model.eval()
         self.device = next(model.parameters()).device
         self.family = model_family(model)
-        self.stats = BatchNormStats(model, cfg.stats_momentum, cfg.frame_momentum)
+        self.stats = BatchNormStats(model, cfg.stats_momentum, cfg.frame_momentum,
+                            cfg.stats_prior)
         self.extractor = ThreadSafeExtractor(model)
         self.classifier = model.get_classifier()
         if self.family == "layernorm":

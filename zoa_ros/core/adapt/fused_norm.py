@@ -101,6 +101,11 @@ class FusedBatchNorm(nn.BatchNorm2d):
                 ctx.frame_sink[self.index] = (frames.mean(dim=(2, 3)),
                                               (frames * frames).mean(dim=(2, 3)))
             mean, var = ctx.params.bn_stats[self.index]
+            w = self.store.stats_prior
+            if w > 0:   # a mixture of the source and the test distribution
+                gap = mean - self.running_mean
+                mean, var = (self.running_mean + (1 - w) * gap,
+                             (1 - w) * var + w * self.running_var + w * (1 - w) * gap * gap)
             x = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         return self.act(self.drop(x))
 

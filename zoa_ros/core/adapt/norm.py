@@ -42,6 +42,7 @@ class NormConfig:
     bn_stats: str = BATCH           # predict(): "batch" (paper) or "running" (single frames)
     stats_momentum: float = 0.1     # ρ of the running estimate
     frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
+    stats_prior: float = 0.0        # share of the source statistics in running normalisation
     min_adapt_batch: int = 16       # smaller batches do not update the running estimate
 
     def validate(self) -> None:
@@ -61,7 +62,8 @@ class NormAdapt(AdaptMethod):
         self.cfg = config_from_dict(NormConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum)
+        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum,
+                                 self.cfg.stats_prior)
         self._count = CostCounter(self.costs)
         self._running = self.stats.active and self.cfg.bn_stats == RUNNING
         if not self.stats.active:

@@ -142,8 +142,10 @@ class ForwardContext:
 class ParamStore:
     """The published :class:`ParamSet` plus per-thread forward contexts."""
 
-    def __init__(self, default_norm: str) -> None:
+    def __init__(self, default_norm: str, stats_prior: float = 0.0) -> None:
         self.default_norm = default_norm
+        # Share of the source statistics blended into ``running`` normalisation (fused_norm).
+        self.stats_prior = float(stats_prior)
         self._published: ParamSet | None = None
         self._lock = threading.Lock()
         self._local = threading.local()

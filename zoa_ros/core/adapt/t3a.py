@@ -46,6 +46,7 @@ class T3AConfig:
     bn_stats: str = BATCH           # BatchNorm models: "batch" (reference), "running", "source"
     stats_momentum: float = 0.1
     frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
+    stats_prior: float = 0.0        # share of the source statistics in running normalisation
 
     def validate(self) -> None:
         check_mode(self.bn_stats)
@@ -100,7 +101,8 @@ class T3A(AdaptMethod):
         self.cfg = config_from_dict(T3AConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum)
+        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum,
+                                 self.cfg.stats_prior)
         self.head = model.get_classifier()
         self._count = CostCounter(self.costs)
         self._lock = threading.Lock()

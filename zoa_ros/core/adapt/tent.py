@@ -54,6 +54,7 @@ class TentConfig:
     bn_stats: str = BATCH           # predict() of BatchNorm models: "batch" or "running"
     stats_momentum: float = 0.1
     frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
+    stats_prior: float = 0.0        # share of the source statistics in running normalisation
     min_adapt_batch: int = 16       # smaller batches are predicted, not adapted on
 
     def validate(self) -> None:
@@ -117,7 +118,8 @@ class Tent(AdaptMethod):
         self.cfg = config_from_dict(TentConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum)
+        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum,
+                                 self.cfg.stats_prior)
         self.family, named = norm_affine_parameters(model)
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]

@@ -91,6 +91,7 @@ class ZOAConfig:
     bn_stats: str = BATCH               # predict() normalisation of BatchNorm models
     stats_momentum: float = 0.1         # ρ per adapted batch (when frame_momentum is 0)
     frame_momentum: float = 0.0         # ρ_f per predicted frame (streaming default: 0.01)
+    stats_prior: float = 0.0            # share of the source statistics in running normalisation
     stats_reset_on_change: bool = True
     layers: str | list[str] = "auto"
     block_start: int = 1
@@ -118,7 +119,7 @@ class ZOAConfig:
                              "(the loss and the detector use unbiased statistics)")
         if self.capacity < 1:
             raise ValueError("capacity must be >= 1")
-        check_momenta(self.stats_momentum, self.frame_momentum)
+        check_momenta(self.stats_momentum, self.frame_momentum, self.stats_prior)
         if self.bn_stats not in (BATCH, RUNNING):
             raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
         if not (isinstance(self.alpha_init, int | float) or self.alpha_init == "normal"):
@@ -167,7 +168,7 @@ class ZOA(AdaptMethod):
         self._predict_norm = cfg.bn_stats if family == "batchnorm" else LAYER
         self._collect_bn = family == "batchnorm" and cfg.bn_stats == RUNNING
         self._fold_frames = self._collect_bn and cfg.frame_momentum > 0
-        self.store = ParamStore(self._predict_norm)
+        self.store = ParamStore(self._predict_norm, cfg.stats_prior)
         model.eval()
         self.device = next(model.parameters()).device
         fusion = fuse_norms(model, names, self.store)
