@@ -324,3 +324,17 @@ def saved_vit_pack(zoa_pack, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     pack.save(path)
     return pack, path
 
+
+# Result fields that measure time or memory, or name output files: they differ between runs.
+TIMING = {"ms_per_frame", "peak_mb", "wall_s", "stream_s", "frames_per_s", "peak_rss_mb",
+          "last_step_ms", "mean_step_ms", "mean_predict_ms", "timed_frames", "json", "report"}
+
+
+def without_timing(value):
+    """An evaluate/replay result without the fields that differ between identical runs."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import without_timing
 
 from zoa_ros.core.bag_files import INT32, STRING, raw_messages, typestore
 from zoa_ros.core.bag_stream import BagStream
@@ -25,9 +26,6 @@ from zoa_ros.tools.make_bag import DEFAULT_START_S, cover_crop
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 START_NS = round(DEFAULT_START_S * 1e9)
-TIMING = {"ms_per_frame", "peak_mb", "wall_s", "stream_s", "frames_per_s", "peak_rss_mb",
-          "last_step_ms", "mean_step_ms", "mean_predict_ms", "timed_frames"}
-
 
 @pytest.fixture(scope="module")
 def labels_csv(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -71,14 +69,6 @@ def zoa(*argv: str) -> int:
 def make_bag(photo_dir: Path, labels_csv: Path, out: Path, *extra: str) -> None:
     assert zoa("make-bag", "--data", photo_dir, "--labels", labels_csv, "--out", out,
                *extra) == 0
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 # ---- schedules --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import stand_in_factory
+from conftest import stand_in_factory, without_timing
 from PIL import Image
 
 from zoa_ros.core import engine as engine_module
@@ -25,9 +25,6 @@ from zoa_ros.tools import evaluate as evaluate_tool
 # photo -> an ImageNet class it shows
 CLASSES = {"chelsea": "n02123045", "coffee": "n03063599", "rocket": "n04266014",
            "motorcycle": "n03785016"}
-TIMING = {"ms_per_frame", "peak_mb", "wall_s", "stream_s", "frames_per_s", "peak_rss_mb",
-          "last_step_ms", "mean_step_ms", "mean_predict_ms", "json", "report"}
-
 
 # Many tiny batch-1 forwards: one thread is fastest (see conftest.single_thread).
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -71,14 +68,6 @@ def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     evaluate_tool.add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(["evaluate", *argv])
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 def test_end_to_end_is_deterministic_and_reports(wnid_dir, vit, methods, tmp_path) -> None:
