@@ -119,7 +119,9 @@ class _Demo:
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
 
     def run(self) -> int:
-        from zoa_ros.ros.node_process import NodeProcess, call_trigger
+        from std_srvs.srv import SetBool
+
+        from zoa_ros.ros.node_process import NodeProcess, call_service, call_trigger
 
         self.spinner.start()
         log = self.out / "node.log"
@@ -127,6 +129,10 @@ class _Demo:
         try:
             self._wait_for_node(node)
             self._stream()
+            # Freeze the bank first: a step still running on buffered frames could otherwise add
+            # an entry after the save, and the autosave at shutdown would write that instead.
+            call_service(self.camera, SetBool, "/zoa_node/set_adaptation", SetBool.Request(
+                data=False))
             saved = call_trigger(self.camera, "/zoa_node/save_knowledge")
             print(f"\n~/save_knowledge: {saved.message}")
         finally:
