@@ -44,6 +44,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -119,8 +120,22 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+@dataclass(frozen=True)
+class StatsConfig:
+    """The BatchNorm-statistics settings every baseline's config inherits."""
+
+    bn_stats: str = BATCH           # statistics predict() normalises with (MODES)
+    stats_momentum: float = 0.1     # ρ per adapted batch (the *batches* rule)
+    frame_momentum: float = 0.0     # ρ_f per classified frame (the *frames* rule when > 0)
+    stats_prior: float = 0.0        # share of the source statistics in running normalisation
+
+
 class BatchNormStats:
     """Per-forward choice of BatchNorm statistics plus a running estimate of the test ones."""
+
+    @classmethod
+    def from_config(cls, model: nn.Module, cfg: StatsConfig) -> BatchNormStats:
+        return cls(model, cfg.stats_momentum, cfg.frame_momentum, cfg.stats_prior)
 
     def __init__(self, model: nn.Module, momentum: float = 0.1,
                  frame_momentum: float = 0.0, prior: float = 0.0) -> None:

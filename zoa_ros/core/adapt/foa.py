@@ -52,6 +52,7 @@ from zoa_ros.core.adapt.bn_stats import (
     STREAMING_REASON,
     STREAMING_STATS,
     BatchNormStats,
+    StatsConfig,
     check_mode,
 )
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
@@ -69,7 +70,7 @@ CNN_POPSIZE = 27        # the reference's --popsize default, used for the CNN va
 
 
 @dataclass(frozen=True)
-class FOAConfig:
+class FOAConfig(StatsConfig):
     num_prompts: int = 3            # ViT prompt tokens
     kernel: int = 7                 # CNN prompt convolution size
     popsize: int | None = None      # None: ⌊4 + 3 ln dim⌋ (ViT), 27 (CNN)
@@ -80,10 +81,6 @@ class FOAConfig:
     shift_momentum: float = 0.1
     shift_step: float = 1.0
     compat_scalar_shift: bool = False   # reference's CNN quirk: shift by the last source scalar
-    bn_stats: str = BATCH           # predict() of BatchNorm models: "batch" or "running"
-    stats_momentum: float = 0.1
-    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
-    stats_prior: float = 0.0        # share of the source statistics in running normalisation
     min_adapt_batch: int = 16       # smaller batches are predicted, not adapted on
 
     def validate(self) -> None:
@@ -135,8 +132,7 @@ class FOA(AdaptMethod):
         model.eval()
         self.device = next(model.parameters()).device
         self.family = model_family(model)
-        self.stats = BatchNormStats(model, cfg.stats_momentum, cfg.frame_momentum,
-                            cfg.stats_prior)
+        self.stats = BatchNormStats.from_config(model, cfg)
         self.extractor = ThreadSafeExtractor(model)
         self.classifier = model.get_classifier()
         if self.family == "layernorm":

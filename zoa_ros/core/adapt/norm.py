@@ -28,6 +28,7 @@ from zoa_ros.core.adapt.bn_stats import (
     STREAMING_REASON,
     STREAMING_STATS,
     BatchNormStats,
+    StatsConfig,
     check_mode,
 )
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict
@@ -38,11 +39,7 @@ LAYERNORM_NOTE = "LayerNorm model: no normalisation statistics to adapt; identic
 
 
 @dataclass(frozen=True)
-class NormConfig:
-    bn_stats: str = BATCH           # predict(): "batch" (paper) or "running" (single frames)
-    stats_momentum: float = 0.1     # ρ of the running estimate
-    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
-    stats_prior: float = 0.0        # share of the source statistics in running normalisation
+class NormConfig(StatsConfig):
     min_adapt_batch: int = 16       # smaller batches do not update the running estimate
 
     def validate(self) -> None:
@@ -62,8 +59,7 @@ class NormAdapt(AdaptMethod):
         self.cfg = config_from_dict(NormConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum,
-                                 self.cfg.stats_prior)
+        self.stats = BatchNormStats.from_config(model, self.cfg)
         self._count = CostCounter(self.costs)
         self._running = self.stats.active and self.cfg.bn_stats == RUNNING
         if not self.stats.active:

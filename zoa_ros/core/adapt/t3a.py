@@ -33,6 +33,7 @@ from zoa_ros.core.adapt.bn_stats import (
     STREAMING_REASON,
     STREAMING_STATS,
     BatchNormStats,
+    StatsConfig,
     check_mode,
 )
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
@@ -41,12 +42,8 @@ from zoa_ros.core.pack import ModelPack
 
 
 @dataclass(frozen=True)
-class T3AConfig:
+class T3AConfig(StatsConfig):
     filter_k: int = 20              # supports kept per class (-1: keep all)
-    bn_stats: str = BATCH           # BatchNorm models: "batch" (reference), "running", "source"
-    stats_momentum: float = 0.1
-    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
-    stats_prior: float = 0.0        # share of the source statistics in running normalisation
 
     def validate(self) -> None:
         check_mode(self.bn_stats)
@@ -101,8 +98,7 @@ class T3A(AdaptMethod):
         self.cfg = config_from_dict(T3AConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum,
-                                 self.cfg.stats_prior)
+        self.stats = BatchNormStats.from_config(model, self.cfg)
         self.head = model.get_classifier()
         self._count = CostCounter(self.costs)
         self._lock = threading.Lock()

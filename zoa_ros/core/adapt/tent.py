@@ -34,6 +34,7 @@ from zoa_ros.core.adapt.bn_stats import (
     STREAMING_REASON,
     STREAMING_STATS,
     BatchNormStats,
+    StatsConfig,
     check_mode,
 )
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
@@ -47,14 +48,10 @@ DEFAULT_LR = {"layernorm": 1e-3, "batchnorm": 2.5e-4}
 
 
 @dataclass(frozen=True)
-class TentConfig:
+class TentConfig(StatsConfig):
     lr: float | None = None         # None: 1e-3 for LayerNorm models, 2.5e-4 for BatchNorm ones
     momentum: float = 0.9
     weight_decay: float = 0.0
-    bn_stats: str = BATCH           # predict() of BatchNorm models: "batch" or "running"
-    stats_momentum: float = 0.1
-    frame_momentum: float = 0.0     # ρ per classified frame of the running estimate
-    stats_prior: float = 0.0        # share of the source statistics in running normalisation
     min_adapt_batch: int = 16       # smaller batches are predicted, not adapted on
 
     def validate(self) -> None:
@@ -118,8 +115,7 @@ class Tent(AdaptMethod):
         self.cfg = config_from_dict(TentConfig, config, self.name)
         model.eval()
         self.device = next(model.parameters()).device
-        self.stats = BatchNormStats(model, self.cfg.stats_momentum, self.cfg.frame_momentum,
-                                 self.cfg.stats_prior)
+        self.stats = BatchNormStats.from_config(model, self.cfg)
         self.family, named = norm_affine_parameters(model)
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
