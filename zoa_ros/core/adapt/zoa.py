@@ -231,31 +231,28 @@ class ZOA(AdaptMethod):
                 setattr(self.costs, key, getattr(self.costs, key) + value)
 
     def _forward(self, x: torch.Tensor, params: ParamSet, norm: str, early: bool = False,
-                 collect_bn: bool = False) -> ForwardRecord:
-        """One full forward pass of ``x`` with ``params`` pinned for this thread."""
+                 collect_bn: bool = False, fold: bool = False) -> ForwardRecord:
+        """One full forward pass of ``x`` with ``params`` pinned for this thread; ``fold``
+        (``running`` normalisation) also folds these frames into the running BatchNorm
+        estimate."""
         x = x.to(self.device)
-        with torch.no_grad(), self.store.using(params, norm, collect_bn) as ctx:
+        with torch.no_grad(), self.store.using(params, norm, collect_bn, fold) as ctx:
             features, early_stats = self.extractor.run(x, early=early)
             logits = self._shifted_logits(features, params)
+        if ctx.frame_sink:
+            rho, sink = self.cfg.frame_momentum, ctx.frame_sink
+            self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
         self._count(forward_passes=1)
         return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
 
     def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
         """The prediction forward with the published set; ``observe`` (frames offered for
-        adaptation) with the *frames* statistics rule also folds these frames into the running
-        BatchNorm estimate."""
-        x = x.to(self.device)
-        params = self.store.published
-        norm = self._predict_norm
-        fold = observe and self._fold_frames
-        with torch.no_grad(), self.store.using(params, norm, collect_frames=fold) as ctx:
-            features, early_stats = self.extractor.run(x, early=observe)
-            logits = self._shifted_logits(features, params)
-        if ctx.frame_sink:
-            rho, sink = self.cfg.frame_momentum, ctx.frame_sink
-            self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
-        self._count(forward_passes=1, frames_predicted=x.shape[0])
-        return ForwardRecord(features, logits, early_stats, None, params.version, norm)
+        adaptation) also yields the detector statistics and, with the *frames* statistics
+        rule, folds the frames into the running BatchNorm estimate."""
+        rec = self._forward(x, self.store.published, self._predict_norm, early=observe,
+                            fold=observe and self._fold_frames)
+        self._count(frames_predicted=x.shape[0])
+        return rec
 
     def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
         if not self.cfg.shift or params.shift_h is None:
