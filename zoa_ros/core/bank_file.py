@@ -1,11 +1,10 @@
 """Knowledge-bank files: ZOA's persistent state between missions.
 
 A safetensors file (never pickle): tensors ``eps`` [P], ``alpha`` [K+1], ``entries`` [K, P],
-``similarity`` [K, K], optionally ``detector.mean/var``, ``shift_h``, ``bn.<i>.mean/var``
-(BatchNorm test statistics) and ``signature.*`` (each entry's domain signature, for recall:
-:mod:`~zoa_ros.core.adapt.domain_recall`), and a JSON document in the safetensors metadata
-with the format name and version, the fingerprint of the model pack the bank belongs to, the
-adapted layers (name, kind, channels), counters, creation time, provenance strings of the file
+``similarity`` [K, K], optionally ``detector.mean/var``, ``shift_h`` and ``bn.<i>.mean/var``
+(BatchNorm test statistics), and a JSON document in the safetensors metadata with the format
+name and version, the fingerprint of the model pack the bank belongs to, the adapted layers
+(name, kind, channels), counters, creation time, provenance strings of the file
 (``provenance``), per-entry provenance (``entry_provenance``: one object or ``null`` per entry
 with robot, mission, created, domain_id, source; see
 :class:`~zoa_ros.core.adapt.bank.EntryOrigin`) and a sha256 over all of it. Files without
@@ -27,7 +26,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from zoa_ros.core.adapt.bank import BankState, EntryOrigin, utc_now
-from zoa_ros.core.adapt.domain_recall import signatures_from_tensors
 from zoa_ros.core.atomic import atomic_write_bytes
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.tensor_file import content_hash, read_metadata
@@ -101,8 +99,7 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
                            for i in range(len(bn))),
             domain_changes=int(meta.get("domain_changes", 0)),
             domain_id=int(meta.get("domain_id", 0)),
-            origins=_origins(meta.get("entry_provenance")),
-            signatures=signatures_from_tensors(tensors, int(tensors["entries"].shape[0])))
+            origins=_origins(meta.get("entry_provenance")))
         state.entry_origins()
     except (KeyError, TypeError, ValueError) as e:
         raise BankError(f"{name}: incomplete bank metadata or tensors ({e!r})") from e
@@ -162,7 +159,6 @@ def inspect_bank(path: str | Path) -> dict:
     origins = [None if o is None else o.to_json() for o in state.entry_origins()]
     return {**meta, "path": str(path), "file_bytes": path.stat().st_size,
             "entries": int(state.entries.shape[0]), "entry_provenance": origins,
-            "domain_signatures": sum(s is not None for s in state.entry_signatures()),
             "bytes_per_entry": int(state.entries.shape[1] * 4) if state.entries.dim() == 2 else 0,
             "tensor_bytes": sizes, "total_tensor_bytes": sum(sizes.values())}
 

@@ -16,7 +16,6 @@ Semantics (:func:`merge_banks`):
 * Detector state and shift history are dropped (the first live batch starts them); BatchNorm
   test statistics are dropped too (loading starts from the pack's source statistics). Counters
   start at 0. Similarity is recomputed for the merged entries.
-* Each entry keeps its domain signature (for recall), where it has one.
 * Per-entry provenance is kept (robot, mission, created, domain id); ``source`` becomes the
   input file each entry was taken from. Entries of old files without provenance get only that.
 
@@ -105,7 +104,6 @@ def merge_banks(inputs: Sequence[BankInput], capacity: int) -> MergedBank:
     parts = [_entries(item, layout.size) for item in inputs]
     entries = torch.cat([e for e, _ in parts])
     origins = [o for _, os in parts for o in os]
-    signatures = [s for item in inputs for s in item.state.entry_signatures()]
     ids = [(i, j) for i, (e, _) in enumerate(parts) for j in range(e.shape[0])]
     sim = similarity_matrix(layout, entries)
     removed = []
@@ -113,7 +111,6 @@ def merge_banks(inputs: Sequence[BankInput], capacity: int) -> MergedBank:
         r = pick_removal(sim)
         removed.append(ids.pop(r))
         origins.pop(r)
-        signatures.pop(r)
         keep = [i for i in range(sim.shape[0]) if i != r]
         sim, entries = sim[keep][:, keep], entries[keep]
     scale = float(first.state.alpha_scale)
@@ -121,8 +118,7 @@ def merge_banks(inputs: Sequence[BankInput], capacity: int) -> MergedBank:
     bank = torch.cat([entries.new_zeros(1, layout.size), entries])
     eps = -(torch.softmax(scale * alpha, dim=0) @ bank)
     state = BankState(layers=[tuple(x) for x in first.state.layers], eps=eps, alpha=alpha,
-                      entries=entries, similarity=sim, alpha_scale=scale, origins=tuple(origins),
-                      signatures=tuple(signatures) if any(signatures) else ())
+                      entries=entries, similarity=sim, alpha_scale=scale, origins=tuple(origins))
     return MergedBank(state, first.pack_fingerprint, tuple(ids), tuple(removed))
 
 

@@ -288,8 +288,6 @@ class ZoaNode(LifecycleNode):
                 "bn_stats": p("adaptation.bn_stats"),
                 "frame_momentum": p("adaptation.frame_momentum"),
                 "stats_prior": p("adaptation.stats_prior"),
-                "recall": p("adaptation.recall"),
-                "recall_window": p("adaptation.recall_window"),
                 "min_adapt_batch": min_batch,
                 "detect_min_batch": p("adaptation.detect_min_batch") or batch,
                 "detect": p("adaptation.detect_domains"),

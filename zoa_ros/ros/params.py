@@ -90,10 +90,6 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.stats_prior", 0.75, "share of the source statistics blended into the "
          "running BatchNorm statistics single frames are classified with (0: test only)",
          read_only=True, low=0.0, high=1.0),
-    Spec("adaptation.recall", True, "classify frames whose recent window matches a known "
-         "domain with that domain's stored BatchNorm statistics", read_only=True),
-    Spec("adaptation.recall_window", 16, "frames the domain recall compares with the known "
-         "domains", read_only=True, low=1, high=10000),
     Spec("adaptation.interval_frames", 32, "adapt after this many new frames", low=1,
          high=1000000),
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "

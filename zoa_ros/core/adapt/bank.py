@@ -19,10 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoa_ros.core.adapt.domain_recall import (
-    DomainSignature,
-    signature_tensors,
-)
 from zoa_ros.core.adapt.params import ParamLayout, ParamSet
 
 
@@ -181,7 +177,6 @@ class BankState:
     domain_changes: int = 0
     domain_id: int = 0
     origins: tuple[EntryOrigin | None, ...] = ()   # per entry; () = all unknown
-    signatures: tuple[DomainSignature | None, ...] = ()   # per entry; () = none stored
 
     def entry_origins(self) -> tuple[EntryOrigin | None, ...]:
         """One origin per entry (``None`` = unknown); ``ValueError`` if ``origins`` does not
@@ -193,16 +188,6 @@ class BankState:
             raise ValueError(f"{len(self.origins)} entry origins for {k} entries")
         return tuple(self.origins)
 
-    def entry_signatures(self) -> tuple[DomainSignature | None, ...]:
-        """One domain signature per entry (``None`` = none); ``ValueError`` if
-        ``signatures`` does not match the entries."""
-        k = self.entries.shape[0] if self.entries.dim() == 2 else 0
-        if not self.signatures:
-            return (None,) * k
-        if len(self.signatures) != k:
-            raise ValueError(f"{len(self.signatures)} domain signatures for {k} entries")
-        return tuple(self.signatures)
-
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"eps": self.eps, "alpha": self.alpha, "entries": self.entries,
                "similarity": self.similarity}
@@ -212,5 +197,4 @@ class BankState:
             out["shift_h"] = self.shift_h
         for i, (mean, var) in enumerate(self.bn_stats):
             out[f"bn.{i}.mean"], out[f"bn.{i}.var"] = mean, var
-        out.update(signature_tensors(self.entry_signatures()))
         return {k: v.detach().cpu().float().contiguous() for k, v in out.items()}

@@ -101,7 +101,7 @@ class FusedBatchNorm(nn.BatchNorm2d):
                 ctx.frame_sink[self.index] = (frames.mean(dim=(2, 3)),
                                               (frames * frames).mean(dim=(2, 3)))
             mean, var = ctx.params.bn_stats[self.index]
-            w = self.store.stats_prior if ctx.prior is None else ctx.prior
+            w = self.store.stats_prior
             if w > 0:   # a mixture of the source and the test distribution
                 gap = mean - self.running_mean
                 mean, var = (self.running_mean + (1 - w) * gap,

@@ -137,7 +137,6 @@ class ForwardContext:
     norm: str
     bn_sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     frame_sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-    prior: float | None = None   # overrides the store's ``stats_prior`` for this forward
 
 
 class ParamStore:
@@ -179,12 +178,10 @@ class ParamStore:
 
     @contextmanager
     def using(self, params: ParamSet, norm: str, collect_bn: bool = False,
-              collect_frames: bool = False, prior: float | None = None
-              ) -> Iterator[ForwardContext]:
-        """Within the block, forward passes *of this thread* use ``params`` and ``norm`` (and
-        ``prior`` instead of ``stats_prior`` when given)."""
+              collect_frames: bool = False) -> Iterator[ForwardContext]:
+        """Within the block, forward passes *of this thread* use ``params`` and ``norm``."""
         ctx = ForwardContext(params, norm, {} if collect_bn else None,
-                             {} if collect_frames else None, prior)
+                             {} if collect_frames else None)
         previous = getattr(self._local, "ctx", None)
         self._local.ctx = ctx
         try:

@@ -49,7 +49,6 @@ from zoa_ros.core.adapt.bank import BankState, EntryOrigin, origins_after_save, 
 from zoa_ros.core.adapt.base import AdaptMethod
 from zoa_ros.core.adapt.bn_stats import STREAMING_STATS, check_momenta, fold_batch, fold_frames
 from zoa_ros.core.adapt.detector import DomainDetector
-from zoa_ros.core.adapt.domain_recall import DomainMemory, DomainSignature
 from zoa_ros.core.adapt.fused_norm import fuse_norms
 from zoa_ros.core.adapt.layer_select import select_layers
 from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
@@ -94,8 +93,6 @@ class ZOAConfig:
     frame_momentum: float = 0.0         # ρ_f per predicted frame (streaming default: 0.01)
     stats_prior: float = 0.0            # share of the source statistics in running normalisation
     stats_reset_on_change: bool = True
-    recall: bool = False                # running normalisation: recall known domains' statistics
-    recall_window: int = 16             # frames the recall compares with the known domains
     layers: str | list[str] = "auto"
     block_start: int = 1
     block_end_fraction: float | None = None
@@ -122,8 +119,6 @@ class ZOAConfig:
                              "(the loss and the detector use unbiased statistics)")
         if self.capacity < 1:
             raise ValueError("capacity must be >= 1")
-        if self.recall_window < 1:
-            raise ValueError("recall_window must be >= 1")
         check_momenta(self.stats_momentum, self.frame_momentum, self.stats_prior)
         if self.bn_stats not in (BATCH, RUNNING):
             raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
@@ -156,7 +151,7 @@ class ZOA(AdaptMethod):
     """
 
     name: ClassVar[str] = "zoa"
-    streaming_defaults: ClassVar[dict] = {**STREAMING_STATS, "recall": True}
+    streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -195,8 +190,6 @@ class ZOA(AdaptMethod):
             bn_stats=tuple((m.to(self.device), v.to(self.device)) for m, v in fusion.bn_stats))
         self.store.publish(self._initial)
         self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
-        self._recall = self._collect_bn and cfg.recall
-        self.memory = DomainMemory(cfg.domain_t, cfg.recall_window, cfg.detector_momentum)
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         self._momentum_buffer: torch.Tensor | None = None
@@ -227,11 +220,7 @@ class ZOA(AdaptMethod):
     def bank_summary(self) -> dict:
         params = self.store.published
         k, p = params.entries, self.layout.size
-        signatures = sum(s is not None for s in self.memory.stored)
-        per_signature = 2 * self.extractor.early_channels + 2 * sum(
-            m.numel() for m, _ in params.bn_stats)
-        return {"entries": k, "bytes": 4 * (k * p + k + 1 + signatures * per_signature),
-                "signatures": signatures, "capacity": self.cfg.capacity,
+        return {"entries": k, "bytes": 4 * (k * p + k + 1), "capacity": self.cfg.capacity,
                 "params_per_entry": p, "layers": len(self.layout),
                 "domain_changes": self._domain_changes, "domain_id": self._domain_id}
 
@@ -242,13 +231,12 @@ class ZOA(AdaptMethod):
                 setattr(self.costs, key, getattr(self.costs, key) + value)
 
     def _forward(self, x: torch.Tensor, params: ParamSet, norm: str, early: bool = False,
-                 collect_bn: bool = False, fold: bool = False,
-                 prior: float | None = None) -> ForwardRecord:
+                 collect_bn: bool = False, fold: bool = False) -> ForwardRecord:
         """One full forward pass of ``x`` with ``params`` pinned for this thread; ``fold``
         (``running`` normalisation) also folds these frames into the running BatchNorm
         estimate."""
         x = x.to(self.device)
-        with torch.no_grad(), self.store.using(params, norm, collect_bn, fold, prior) as ctx:
+        with torch.no_grad(), self.store.using(params, norm, collect_bn, fold) as ctx:
             features, early_stats = self.extractor.run(x, early=early)
             logits = self._shifted_logits(features, params)
         if ctx.frame_sink:
@@ -260,17 +248,9 @@ class ZOA(AdaptMethod):
     def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
         """The prediction forward with the published set; ``observe`` (frames offered for
         adaptation) also yields the detector statistics and, with the *frames* statistics
-        rule, folds the frames into the running BatchNorm estimate. With ``recall``, frames
-        whose recent window matches a known domain use that domain's statistics alone
-        (:mod:`.domain_recall`)."""
-        params, prior = self.store.published, None
-        match = self.memory.match() if self._recall else None
-        if match is not None:
-            params, prior = params.replace(bn_stats=match.signature.bn_stats), 0.0
-        rec = self._forward(x, params, self._predict_norm, early=observe,
-                            fold=observe and self._fold_frames, prior=prior)
-        if self._recall and observe and rec.early is not None:
-            self.memory.observe_frames(rec.early, x.shape[0])
+        rule, folds the frames into the running BatchNorm estimate."""
+        rec = self._forward(x, self.store.published, self._predict_norm, early=observe,
+                            fold=observe and self._fold_frames)
         self._count(frames_predicted=x.shape[0])
         return rec
 
@@ -360,9 +340,6 @@ class ZOA(AdaptMethod):
             elif skipped:
                 log.debug("domain detection skipped: batch of %d < %d", batch,
                           cfg.detect_min_batch)
-            if self._recall and not skipped and self.detector.mean is not None:
-                self.memory.observe_batch(self.detector.mean, self.detector.var,
-                                          params.bn_stats, rec.bn_stats)
         loss0 = self._loss(rec.features)
         z = segmented_uniform(self.layout.size, self.generator, self.device)
         z_alpha = segmented_uniform(params.alpha.numel(), self.generator, self.device)
@@ -410,7 +387,6 @@ class ZOA(AdaptMethod):
             params, self.similarity, self.layout, self.cfg.capacity, self.cfg.weight_margin,
             self.cfg.alpha_clip)
         self._origins = origins_after_save(self._origins, removed, self._domain_id)
-        self.memory.end_domain(removed)
         self._domain_changes += 1
         self._domain_id += 1
         return params.replace(shift_h=None), removed
@@ -442,7 +418,6 @@ class ZOA(AdaptMethod):
             self.detector.clear()
             self.similarity = torch.zeros(0, 0, device=self.device)
             self._origins = []
-            self.memory.clear()
             self._momentum_buffer = None
             self._domain_changes = self._domain_id = 0
             self.last_step = None
@@ -462,8 +437,7 @@ class ZOA(AdaptMethod):
                 bn_names=tuple(self.bn_names),
                 bn_stats=tuple((m.clone(), v.clone()) for m, v in p.bn_stats),
                 domain_changes=self._domain_changes, domain_id=self._domain_id,
-                origins=tuple(self._origins) if len(self._origins) == p.entries else (),
-                signatures=self.memory.stored if len(self.memory.stored) == p.entries else ())
+                origins=tuple(self._origins) if len(self._origins) == p.entries else ())
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.export_bank().tensors()
@@ -472,7 +446,6 @@ class ZOA(AdaptMethod):
         """Validate ``state`` against this method, then swap it in atomically; on any mismatch
         raise ``ValueError`` and leave the running state untouched."""
         params = self._validated(state)
-        signatures = self._validated_signatures(state, params)
         with self._adapt_lock:
             params = params.replace(version=self.store.published.version + 1)
             det_mean, det_var = state.detector_mean, state.detector_var
@@ -480,29 +453,9 @@ class ZOA(AdaptMethod):
             self.detector.var = None if det_var is None else det_var.float().to(self.device)
             self.similarity = state.similarity.float().to(self.device)
             self._origins = list(state.entry_origins())
-            self.memory.replace_stored(signatures)
             self._momentum_buffer = None
             self._domain_changes, self._domain_id = state.domain_changes, state.domain_id
             self.store.publish(params)
-
-    def _validated_signatures(self, state: BankState,
-                              params: ParamSet) -> list[DomainSignature | None]:
-        """The bank's domain signatures on this device, checked against this model's early
-        features and BatchNorm layers (``ValueError`` on any mismatch)."""
-        signatures = state.entry_signatures()
-        channels = self.extractor.early_channels
-        sizes = [m.numel() for m, _ in params.bn_stats]
-        for k, sig in enumerate(signatures):
-            if sig is None:
-                continue
-            shapes = [tuple(sig.early_mean.shape), tuple(sig.early_var.shape)]
-            if shapes != [(channels,)] * 2 or [m.numel() for m, _ in sig.bn_stats] != sizes or \
-                    any(m.shape != v.shape for m, v in sig.bn_stats):
-                raise ValueError(f"bank entry {k}'s domain signature does not fit this model")
-            tensors = [sig.early_mean, sig.early_var, *(t for mv in sig.bn_stats for t in mv)]
-            if not all(torch.isfinite(t).all() for t in tensors):
-                raise ValueError(f"bank entry {k}'s domain signature holds non-finite values")
-        return [None if sig is None else sig.to(self.device) for sig in signatures]
 
     def _validated(self, state: BankState) -> ParamSet:
         mine = [tuple(x) for x in self.layout.describe()]
