@@ -466,6 +466,8 @@ class ZoaNode(LifecycleNode):
                 continue
             ms = (time.perf_counter() - start) * 1e3
             self._latency.add(ms)
+            with self._counts_lock:   # counted before publishing: diagnostics never lag a result
+                self._counts[item.camera].classified += 1
             header = item.message.header
             bank_entries = engine.stats().bank_entries
             self._json_pub.publish(String(data=conversions.result_json(
@@ -474,8 +476,6 @@ class ZoaNode(LifecycleNode):
             if self._vision_pub is not None:
                 self._vision_pub.publish(conversions.vision_classification(
                     Classification, ObjectHypothesis, header, prediction.top))
-            with self._counts_lock:
-                self._counts[item.camera].classified += 1
             if observe:
                 self._adapt_wake.set()
 
