@@ -47,7 +47,13 @@ from torch import nn
 
 from zoa_ros.core.adapt.bank import BankState, EntryOrigin, origins_after_save, save_domain
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.adapt.bn_stats import STREAMING_STATS, check_momenta, fold_batch, fold_frames
+from zoa_ros.core.adapt.bn_stats import (
+    STREAMING_STATS,
+    StatsConfig,
+    check_momenta,
+    fold_batch,
+    fold_frames,
+)
 from zoa_ros.core.adapt.detector import DomainDetector
 from zoa_ros.core.adapt.fused_norm import fuse_norms
 from zoa_ros.core.adapt.layer_select import select_layers
@@ -63,8 +69,9 @@ from zoa_ros.core.pack import ModelPack
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
-class ZOAConfig:
-    """ZOA hyperparameters (METHOD.md §5); YAML key ``lambda`` maps to ``lam``."""
+class ZOAConfig(StatsConfig):
+    """ZOA hyperparameters (METHOD.md §5) plus the BatchNorm-statistics settings shared with
+    the baselines (``bn_stats`` ``batch`` or ``running``); YAML key ``lambda`` maps to ``lam``."""
 
     lr: float = 5e-4                    # SGD on ε
     weight_decay: float = 0.4
@@ -88,10 +95,6 @@ class ZOAConfig:
     shift_momentum: float = 0.1
     shift_step: float = 1.0
     compat_scalar_shift: bool = False
-    bn_stats: str = BATCH               # predict() normalisation of BatchNorm models
-    stats_momentum: float = 0.1         # ρ per adapted batch (when frame_momentum is 0)
-    frame_momentum: float = 0.0         # ρ_f per predicted frame (streaming default: 0.01)
-    stats_prior: float = 0.0            # share of the source statistics in running normalisation
     stats_reset_on_change: bool = True
     layers: str | list[str] = "auto"
     block_start: int = 1
