@@ -171,6 +171,12 @@ def test_corruption_stream_is_seeded_and_worker_independent() -> None:
     # the same corrupted images every round, in another order
     assert sorted(x.tobytes() for x in local[0].frames) == \
         sorted(x.tobytes() for x in local[2].frames)
+    assert local[0].labels != local[2].labels
+    # --same-order: round 2 replays round 1 frame for frame
+    same = list(CorruptionStream(crops, labels, ids, ["shot_noise", "clean"], severity=2,
+                                 rounds=2, seed=4, same_order=True))
+    assert same[0].labels == same[2].labels == first.labels
+    assert all(np.array_equal(x, y) for x, y in zip(same[0].frames, same[2].frames))
     assert subset(10, 4, 0) == subset(10, 4, 0) and len(subset(10, 4, 0)) == 4
     assert subset(10, None, 0) == list(range(10))
 

@@ -9,7 +9,7 @@ Determinism: which images a ``limit`` keeps, the frame order of each (round, dom
 image's corruption all come from :func:`~zoa_ros.core.corruptions.derive_seed` of the one seed,
 so the same arguments give the same frames on any machine, with any number of workers. An
 image's corruption does not depend on the round (ImageNet-C replays the same files every round);
-the order does.
+the order does, unless ``same_order`` (every round replays round 1's order).
 
 No torch here: corruption worker processes import only numpy, PIL and the corruption code.
 """
@@ -83,7 +83,8 @@ def subset(count: int, limit: int | None, seed: int) -> list[int]:
 
 
 def order(count: int, seed: int, name: str, round_: int) -> list[int]:
-    """The frame order of domain ``name`` in round ``round_``: a seeded permutation."""
+    """The frame order of domain ``name`` in round ``round_``: a seeded permutation (pass
+    round 1 for every round to replay one order)."""
     return np.random.default_rng(derive_seed(seed, f"order/{name}", round_)) \
         .permutation(count).tolist()
 
@@ -131,7 +132,8 @@ class CorruptionStream(FrameStream):
 
     def __init__(self, crops: Sequence[np.ndarray], labels: Sequence[int], ids: Sequence[int],
                  corruptions: Sequence[str], *, severity: int = 5, rounds: int = 1,
-                 seed: int = 0, workers: int = 0, cache_bytes: int = 2 << 30) -> None:
+                 seed: int = 0, workers: int = 0, cache_bytes: int = 2 << 30,
+                 same_order: bool = False) -> None:
         if not (len(crops) == len(labels) == len(ids)) or not crops:
             raise ValueError("crops, labels and ids must be non-empty and of equal length")
         if rounds < 1 or not corruptions:
@@ -141,6 +143,7 @@ class CorruptionStream(FrameStream):
         self.ids = [int(i) for i in ids]
         self.corruptions = list(corruptions)
         self.severity, self.rounds, self.seed, self.workers = severity, rounds, seed, workers
+        self.same_order = same_order
         domain_bytes = sum(c.nbytes for c in self.crops)
         self._cache_ok = rounds > 1 and domain_bytes * len(set(corruptions)) <= cache_bytes
 
@@ -151,7 +154,8 @@ class CorruptionStream(FrameStream):
     def describe(self) -> dict:
         return {"kind": "corrupted-folder", "images": len(self.crops),
                 "corruptions": self.corruptions, "severity": self.severity,
-                "rounds": self.rounds, "seed": self.seed, "workers": self.workers}
+                "rounds": self.rounds, "seed": self.seed, "workers": self.workers,
+                "same_order": self.same_order}
 
     def __iter__(self) -> Iterator[Segment]:
         pool = None
@@ -166,7 +170,8 @@ class CorruptionStream(FrameStream):
                 domain = self._finish(info.name, pending, cache)
                 if i + 1 < len(plan):
                     pending = self._start(plan[i + 1].name, pool, cache)
-                seq = order(len(domain), self.seed, info.name, info.round)
+                seq = order(len(domain), self.seed, info.name,
+                            1 if self.same_order else info.round)
                 yield Segment(info.name, info.round, [domain[j] for j in seq],
                               [self.labels[j] for j in seq])
         finally:
@@ -211,12 +216,14 @@ class ImageNetCStream(FrameStream):
     def __init__(self, root: str | Path, corruptions: Sequence[str], crop: Crop,
                  input_hw: tuple[int, int], *, severity: int = 5, rounds: int = 1,
                  seed: int = 0, limit: int | None = None,
-                 wnid_index: Callable[[str], int] | None = None) -> None:
+                 wnid_index: Callable[[str], int] | None = None, same_order: bool = False
+                 ) -> None:
         if wnid_index is None:
             from zoa_ros.core.labels import wnid_to_index as wnid_index  # imports timm
         self.root = Path(root)
         self.corruptions, self.crop, self.input_hw = list(corruptions), crop, tuple(input_hw)
         self.severity, self.rounds, self.seed, self.limit = severity, rounds, seed, limit
+        self.same_order = same_order
         self.files: dict[str, list[tuple[Path, int]]] = {}
         for name in self.corruptions:
             folder = self.root / name / str(severity)
@@ -234,7 +241,7 @@ class ImageNetCStream(FrameStream):
     def describe(self) -> dict:
         return {"kind": "imagenet-c", "root": str(self.root), "corruptions": self.corruptions,
                 "severity": self.severity, "rounds": self.rounds, "seed": self.seed,
-                "limit": self.limit}
+                "limit": self.limit, "same_order": self.same_order}
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         return image if image.shape[:2] == self.input_hw else self.crop(image)
@@ -242,6 +249,6 @@ class ImageNetCStream(FrameStream):
     def __iter__(self) -> Iterator[Segment]:
         for info in self.plan():
             pairs = self.files[info.name]
-            seq = order(len(pairs), self.seed, info.name, info.round)
+            seq = order(len(pairs), self.seed, info.name, 1 if self.same_order else info.round)
             frames = load_crops([pairs[j][0] for j in seq], self._fit)
             yield Segment(info.name, info.round, frames, [pairs[j][1] for j in seq])

@@ -43,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default: the 15 ImageNet-C corruptions in standard order")
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=5)
     p.add_argument("--rounds", type=int, default=1, help="times the domain sequence repeats")
+    p.add_argument("--same-order", action="store_true",
+                   help="every round replays each domain's frames in round 1's order (default: "
+                        "a new seeded order per round); rounds then differ only by what the "
+                        "method carried over")
     p.add_argument("--limit", type=int,
                    help="N images per domain: the first N of a seeded shuffle of the sorted "
                         "file list, the same N in every domain and round")
@@ -76,7 +80,7 @@ def build_stream(args: argparse.Namespace, pack: ModelPack) -> FrameStream:
             raise ValueError("an ImageNet-C tree has no 'clean' domain")
         return ImageNetCStream(args.data, args.corruptions, pre.crop, pre.input_size[1:],
                                severity=args.severity, rounds=args.rounds, seed=args.seed,
-                               limit=args.limit)
+                               limit=args.limit, same_order=args.same_order)
     pairs = labelled_images(args.data, args.labels)
     ids = subset(len(pairs), args.limit, args.seed)
     crops = load_crops([pairs[i][0] for i in ids], pre.crop)
@@ -87,7 +91,7 @@ def build_stream(args: argparse.Namespace, pack: ModelPack) -> FrameStream:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), cpus - workers)))
     return CorruptionStream(crops, [pairs[i][1] for i in ids], ids, args.corruptions,
                             severity=args.severity, rounds=args.rounds, seed=args.seed,
-                            workers=workers)
+                            workers=workers, same_order=args.same_order)
 
 
 def corruption_list(text: str) -> list[str]:
