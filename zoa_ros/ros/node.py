@@ -97,18 +97,21 @@ TUNING = {
 PRESET_ZERO = {"adaptation.lr", "adaptation.alpha_lr", "adaptation.domain_threshold"}
 
 
-
-def _lower_priority(increment: int, log: Any) -> None:
-    """Lower this thread's CPU priority by ``increment`` (Linux: nice is per thread, and the
-    OpenMP threads torch starts for this thread's parallel regions inherit it), so a background
-    adaptation step takes the CPU only when classification does not need it."""
-    if increment <= 0:
-        return
+def _lower_priority(idle: bool, increment: int, log: Any) -> None:
+    """Lower this thread's CPU priority (Linux: per thread, and the OpenMP threads torch starts
+    for it inherit it), so a background adaptation step takes a CPU only when classification
+    does not need it: ``idle`` = the SCHED_IDLE policy (runs only on an otherwise idle CPU and
+    yields it at once), else nice + ``increment``. A nice thread still takes its share of a busy
+    CPU, and every slice it takes stalls one of the inference thread's OpenMP threads while the
+    others wait for it at the end of a kernel."""
+    tid = threading.get_native_id()
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        elif increment > 0:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
     except (AttributeError, OSError) as e:   # not Linux, or not permitted
-        log.warning(f"adaptation.thread_nice: cannot lower the adaptation thread's priority: {e}")
+        log.warning(f"cannot lower the adaptation thread's priority: {e}")
 
 
 def use_compute_threads(n: int) -> None:
@@ -314,8 +317,7 @@ class ZoaNode(LifecycleNode):
             batch_size=batch, interval_frames=p("adaptation.interval_frames"),
             buffer_size=buffer, min_frames=min_batch,
             min_period_s=p("adaptation.min_period_s"), stride=p("adaptation.stride"),
-            top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"),
-            max_pause_s=p("adaptation.max_pause_ms") / 1e3)
+            top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"))
         return config
 
     def _load_pack(self) -> Any:
@@ -503,7 +505,8 @@ class ZoaNode(LifecycleNode):
         engine = self._engine
         log = self.get_logger()
         use_compute_threads(self.p("adaptation.threads"))
-        _lower_priority(self.p("adaptation.thread_nice"), log)
+        _lower_priority(self.p("adaptation.idle_priority"), self.p("adaptation.thread_nice"),
+                        log)
         while not self._stop.is_set():
             self._adapt_wake.wait(0.25)
             self._adapt_wake.clear()
@@ -667,7 +670,6 @@ class ZoaNode(LifecycleNode):
             snap.adaptation_steps = stats.adapt_steps
             snap.adaptation_skipped = stats.adapt_skipped
             snap.last_step_ms = stats.last_step_ms
-            snap.adaptation_paused_s = stats.adapt_paused_s
             snap.domain_changes = stats.domain_changes
             snap.domain = stats.domain_id or 0
             snap.bank_entries = stats.bank_entries

@@ -108,7 +108,6 @@ class Tent(AdaptMethod):
 
     name: ClassVar[str] = "tent"
     streaming_defaults: ClassVar[dict] = STREAMING_STATS
-    adapt_may_pause: ClassVar[bool] = False   # predict() takes the lock a step holds
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
