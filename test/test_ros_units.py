@@ -298,7 +298,9 @@ def test_launch_description_with_launch_ros() -> None:  # pragma: no cover - nee
         "fastdds_large_images.xml")
 
 
-def test_adaptation_thread_priority_is_lowered_for_that_thread_only() -> None:
+@pytest.mark.parametrize("idle", [True, False])
+def test_adaptation_thread_priority_is_lowered_for_that_thread_only(idle: bool) -> None:
+    """SCHED_IDLE (the default) or nice + 5, for the calling thread only."""
     import os
 
     from zoa_ros.ros.node import _lower_priority
@@ -308,13 +310,20 @@ def test_adaptation_thread_priority_is_lowered_for_that_thread_only() -> None:
     seen: dict[str, int] = {}
 
     def adaptation() -> None:
-        _lower_priority(5, log)
-        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _lower_priority(idle, 5, log)
+        tid = threading.get_native_id()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["policy"] = os.sched_getscheduler(tid)
 
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    me = threading.get_native_id()
+    before, policy = os.getpriority(os.PRIO_PROCESS, me), os.sched_getscheduler(me)
     thread = threading.Thread(target=adaptation)
     thread.start()
     thread.join(timeout=10)
     assert not warnings
-    assert seen["thread"] == min(before + 5, 19)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    if idle:
+        assert seen == {"nice": before, "policy": os.SCHED_IDLE}
+    else:
+        assert seen == {"nice": min(before + 5, 19), "policy": policy}
+    assert os.getpriority(os.PRIO_PROCESS, me) == before
+    assert os.sched_getscheduler(me) == policy
