@@ -82,11 +82,12 @@ def subset(count: int, limit: int | None, seed: int) -> list[int]:
     return sorted(rng.permutation(count)[:limit].tolist())
 
 
-def order(count: int, seed: int, name: str, round_: int) -> list[int]:
-    """The frame order of domain ``name`` in round ``round_``: a seeded permutation (pass
-    round 1 for every round to replay one order)."""
-    return np.random.default_rng(derive_seed(seed, f"order/{name}", round_)) \
-        .permutation(count).tolist()
+def order(count: int, seed: int, name: str, round_: int, same_order: bool = False) -> list[int]:
+    """The frame order of domain ``name`` in round ``round_``: a seeded permutation
+    (``same_order``: round 1's in every round)."""
+    key = 1 if same_order else round_
+    return np.random.default_rng(derive_seed(seed, f"order/{name}", key)).permutation(count) \
+        .tolist()
 
 
 def load_crops(paths: Sequence[Path], crop: Crop, threads: int | None = None
@@ -170,8 +171,7 @@ class CorruptionStream(FrameStream):
                 domain = self._finish(info.name, pending, cache)
                 if i + 1 < len(plan):
                     pending = self._start(plan[i + 1].name, pool, cache)
-                seq = order(len(domain), self.seed, info.name,
-                            1 if self.same_order else info.round)
+                seq = order(len(domain), self.seed, info.name, info.round, self.same_order)
                 yield Segment(info.name, info.round, [domain[j] for j in seq],
                               [self.labels[j] for j in seq])
         finally:
@@ -249,6 +249,6 @@ class ImageNetCStream(FrameStream):
     def __iter__(self) -> Iterator[Segment]:
         for info in self.plan():
             pairs = self.files[info.name]
-            seq = order(len(pairs), self.seed, info.name, 1 if self.same_order else info.round)
+            seq = order(len(pairs), self.seed, info.name, info.round, self.same_order)
             frames = load_crops([pairs[j][0] for j in seq], self._fit)
             yield Segment(info.name, info.round, frames, [pairs[j][1] for j in seq])
