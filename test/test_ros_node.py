@@ -346,12 +346,12 @@ def test_malformed_messages_are_counted_and_the_node_keeps_serving(setup) -> Non
     name = "/zoa_node: camera image"
     count = int(c.diag(name)["malformed"])
     for what, msg in bad.items():
-        for _ in range(5):   # best-effort input: resend if it was lost
+        for sent in range(1, 6):   # best-effort input: resend if it was lost (or is late)
             pub.publish(msg)
             seen = [int(c.diag(name)["malformed"]) for _ in range(3)]   # ~1.5 s
             if seen[-1] > count:
-                assert seen[-1] == count + 1, what
-                count += 1
+                assert seen[-1] <= count + sent, what   # never more than were sent
+                count = seen[-1]
                 break
         else:
             raise AssertionError(f"{what} never counted")
