@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
+from zoa_ros.core.allocator import keep_freed_memory
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.prediction import ClassScore, entropy, top_k
 from zoa_ros.core.preprocess import Preprocessor, to_pil
@@ -71,6 +72,7 @@ class EngineConfig:
     device: str = "cpu"
     warmup: bool = True               # one throw-away forward before the method is created
     adapt_enabled: bool = True
+    keep_freed_memory: bool = True    # process-wide malloc setting (core/allocator.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -225,6 +227,8 @@ class Engine:
         self.config = config
         self.pack = pack
         self.clock = clock
+        if config.keep_freed_memory:
+            keep_freed_memory()   # before the model's first forward pass
         self.device = torch.device(config.device)
         self.preprocessor = Preprocessor(pack.data_config)
         # On the CPU whatever the device: the same seed draws the same numbers on CPU and GPU.

@@ -317,7 +317,8 @@ class ZoaNode(LifecycleNode):
             batch_size=batch, interval_frames=p("adaptation.interval_frames"),
             buffer_size=buffer, min_frames=min_batch,
             min_period_s=p("adaptation.min_period_s"), stride=p("adaptation.stride"),
-            top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"))
+            top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"),
+            keep_freed_memory=p("inference.keep_freed_memory"))
         return config
 
     def _load_pack(self) -> Any:

@@ -57,6 +57,9 @@ SPECS: tuple[Spec, ...] = (
          high=INT_MAX),
     Spec("inference.threads", 0, "CPU compute threads of classification (0: all CPUs this "
          "process may use)", read_only=True, low=0, high=256),
+    Spec("inference.keep_freed_memory", True, "keep freed memory in the process (glibc malloc "
+         "thresholds) instead of page-faulting a frame's activations in again on every forward "
+         "pass; process-wide, set once", read_only=True),
     # ---- inputs ---------------------------------------------------------------------------
     Spec("image_topics", ["image"], "camera topics (relative names are namespaced and "
          "remappable); each is one camera", read_only=True),
