@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from zoa_ros.core.allocator import keep_freed_memory
 from zoa_ros.core.images import read_rgb
 from zoa_ros.core.labelled_images import labelled_images
 from zoa_ros.core.pack import ModelPack
@@ -29,12 +30,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--limit", type=int, help="use only the first N images")
     m.add_argument("--batch-size", type=int, default=64)
     m.add_argument("--latency-runs", type=int, default=100)
+    m.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="raise glibc's malloc thresholds first, as every engine does "
+                        "(zoa_ros/core/allocator.py); --no-keep-freed-memory: glibc's defaults")
     m.add_argument("--json", help="also write the results here")
     m.set_defaults(run=run_model)
     bench_node.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:
+    kept = args.keep_freed_memory and keep_freed_memory()
     pairs = labelled_images(args.data, args.labels)[: args.limit]
     packs = [ModelPack.load(p) for p in args.pack]
     pre = Preprocessor(packs[0].data_config)
@@ -52,10 +57,12 @@ def run_model(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['pack'][-40:]:40s} {r['quant']:5s} {r['top1']:6.1f} {r['top5']:6.1f} "
               f"{r['latency_p50_ms']:7.1f} {r['latency_p99_ms']:7.1f} {r['throughput']:9.1f}")
-    print(f"{len(pairs)} images from {args.data}; torch threads: {torch.get_num_threads()}")
+    print(f"{len(pairs)} images from {args.data}; torch threads: {torch.get_num_threads()}; "
+          f"malloc thresholds: {'raised' if kept else 'glibc defaults'}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"images": len(pairs), "data": args.data, "results": rows}, f, indent=2)
+            json.dump({"images": len(pairs), "data": args.data, "keep_freed_memory": kept,
+                       "results": rows}, f, indent=2)
     return 0
 
 

@@ -223,8 +223,10 @@ def format_report(report: dict) -> str:
                  f"average {_load(m['load_average'])} at start, "
                  f"{_load(report['load_average_end'])} at end (other processes share the CPU)")
     lines.append(f"pack {s['pack']}; {s['rate_hz']:g} Hz, {s['seconds']:g} s per condition "
-                 f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}; node log "
-                 f"{s['node_logs']}")
+                 f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}; malloc "
+                 f"thresholds (node and model): "
+                 f"{'raised' if s.get('keep_freed_memory', True) else 'glibc defaults'}; node "
+                 f"log {s['node_logs']}")
     return "\n".join(lines)
 
 
@@ -465,6 +467,7 @@ class _Bench:
                          "adaptation_interval_frames": values["adaptation.interval_frames"],
                          "adaptation_batch_size": values["adaptation.batch_size"],
                          "adaptation_min_period_s": values["adaptation.min_period_s"],
+                         "keep_freed_memory": bool(values["inference.keep_freed_memory"]),
                          "fastdds_profile": self.env.get("FASTDDS_DEFAULT_PROFILES_FILE"),
                          "ros_domain_id": a.domain_id, "node_logs": ", ".join(logs)},
             "conditions": conditions,
