@@ -60,6 +60,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
+from zoa_ros.core.allocator import keeps_freed_memory  # noqa: E402
 from zoa_ros.ros import conversions  # noqa: E402
 from zoa_ros.ros.conversions import MalformedMessage  # noqa: E402
 from zoa_ros.ros.diagnostics import (  # noqa: E402
@@ -216,6 +217,9 @@ class ZoaNode(LifecycleNode):
         self._state = "inactive"
         log.info(f"configured: {engine.pack.spec.name} {engine.pack.quant.name}, method "
                  f"{engine.config.method}, {len(engine.labels)} labels")
+        if engine.config.keep_freed_memory and not keeps_freed_memory():
+            log.warning("inference.keep_freed_memory: this C library has no glibc mallopt; "
+                        "freed memory is handled by its defaults")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
