@@ -6,8 +6,8 @@ With glibc's default settings malloc gives every block above its mmap threshold 
 exceeds the trim threshold (128 KiB at start; glibc raises both after a large block is freed,
 to that block's size and twice it). A CNN that classifies one frame allocates and frees
 activations of several MB in its first layers, so its forward passes keep handing memory back
-and page-faulting it in again (thousands of page faults per single-frame forward pass of the
-W8A8 EfficientNet-Lite0, none with the thresholds raised: test/test_allocator.py counts them),
+and page-faulting it in again (thousands of page faults per single-frame forward pass of
+EfficientNet-Lite0, none with the thresholds raised: test/test_allocator.py counts them),
 and the kernel zeroes every page on its first touch. What that costs in latency: docs/RESULTS.md
 §4.
 
