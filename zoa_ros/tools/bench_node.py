@@ -225,7 +225,7 @@ def format_report(report: dict) -> str:
     lines.append(f"pack {s['pack']}; {s['rate_hz']:g} Hz, {s['seconds']:g} s per condition "
                  f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}; malloc "
                  f"thresholds (node and model): "
-                 f"{'raised' if s.get('keep_freed_memory', True) else 'glibc defaults'}; node "
+                 f"{'raised' if s['keep_freed_memory'] else 'glibc defaults'}; node "
                  f"log {s['node_logs']}")
     return "\n".join(lines)
 
