@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 
 from zoa_ros.core.adapt.detector import DomainDetector, jeffreys
-from zoa_ros.core.adapt.frame_watch import FrameWatch
-from zoa_ros.core.adapt.taps import EarlyStats
 from zoa_ros.core.adapt.zoa import ZOA
 
 
@@ -66,29 +64,3 @@ def test_primed_detector_registers_the_first_shifted_batch(zoa_pack, zoa_images)
     x = zoa_images(pack, 16, seed=2, size=64)
     method.forward_and_adapt(x + 1.5 * torch.randn(x.shape, generator=torch.Generator()))
     assert method.last_step.changed and method.bank_summary()["entries"] == 1
-
-
-def _frames(mean: float, n: int, seed: int) -> tuple[EarlyStats, dict]:
-    x = mean + torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
-    early = EarlyStats.of(x, channel_dim=1)
-    sink = {0: (x.mean(dim=(2, 3)), (x * x).mean(dim=(2, 3)))}
-    return early, sink
-
-
-def test_frame_watch_fires_on_a_switch_within_one_window_and_not_within_a_domain():
-    watch = FrameWatch(window=4, threshold=1.0)
-    fired = [watch.observe(*_frames(0.0, 1, seed), 1) for seed in range(16)]
-    assert fired == [None] * 16 and watch.changes == 0    # one domain: never a change
-    fired = [watch.observe(*_frames(3.0, 1, 100 + seed), 1) for seed in range(8)]
-    assert [f is not None for f in fired] == [False] * 3 + [True] + [False] * 4
-    window = fired[3]
-    assert watch.changes == 1 and window[0][0].shape == (4, 4)    # the 4 frames of the window
-    assert abs(float(window[0][0].mean()) - 3.0) < 0.2
-
-
-def test_frame_watch_pools_batches_and_clears():
-    watch = FrameWatch(window=4, threshold=1.0)
-    assert watch.observe(*_frames(0.0, 4, 0), 4) is None     # a batch fills a window
-    assert watch.observe(*_frames(3.0, 4, 1), 4) is not None
-    watch.clear()
-    assert watch.observe(*_frames(0.0, 4, 2), 4) is None     # no reference after clear

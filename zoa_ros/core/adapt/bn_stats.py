@@ -106,16 +106,6 @@ def fold_frames(stats: BnStats, sink: Sink, rho: float) -> BnStats:
     return tuple(out)
 
 
-def window_stats(sink: Sink) -> BnStats:
-    """Each layer's ``(mean, var)`` over a window of frames' moments (a ``frame_sink``)."""
-    out = []
-    for i in sorted(sink):
-        means, squares = sink[i]
-        mean = means.mean(dim=0)
-        out.append((mean, (squares.mean(dim=0) - mean * mean).clamp(min=0)))
-    return tuple(out)
-
-
 def check_momenta(momentum: float, frame_momentum: float, prior: float = 0.0) -> None:
     """Refuse momenta (and the source prior) outside ``[0, 1]`` with the offending name."""
     for name, value in (("stats_momentum", momentum), ("frame_momentum", frame_momentum),

@@ -53,17 +53,15 @@ from zoa_ros.core.adapt.bn_stats import (
     check_momenta,
     fold_batch,
     fold_frames,
-    window_stats,
 )
 from zoa_ros.core.adapt.detector import DomainDetector
-from zoa_ros.core.adapt.frame_watch import FrameWatch
 from zoa_ros.core.adapt.fused_norm import fuse_norms
 from zoa_ros.core.adapt.layer_select import select_layers
 from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
 from zoa_ros.core.adapt.params import BATCH, LAYER, RUNNING, ParamSet, ParamStore
 from zoa_ros.core.adapt.presets import load_preset
 from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
-from zoa_ros.core.adapt.taps import EarlyStats, ForwardRecord, ThreadSafeExtractor
+from zoa_ros.core.adapt.taps import ForwardRecord, ThreadSafeExtractor
 from zoa_ros.core.features import Features
 from zoa_ros.core.models import model_family
 from zoa_ros.core.pack import ModelPack
@@ -98,10 +96,6 @@ class ZOAConfig(StatsConfig):
     shift_step: float = 1.0
     compat_scalar_shift: bool = False
     stats_reset_on_change: bool = True
-    frame_watch_window: int = 0         # frames per fast change test (0: off; streaming BN)
-    frame_watch_t: float = 1.0
-    frame_watch_restart: str = "source"  # running statistics after a fast change: source|window
-    adapt_bn_stats: str = "batch"       # statistics of adaptation forwards (BN): batch|running
     layers: str | list[str] = "auto"
     block_start: int = 1
     block_end_fraction: float | None = None
@@ -174,8 +168,6 @@ class ZOA(AdaptMethod):
         cfg = self.cfg
         names = select_layers(model, family, cfg.layers, cfg.block_start, cfg.block_end_fraction)
         self._adapt_norm = BATCH if family == "batchnorm" else LAYER
-        if family == "batchnorm" and cfg.bn_stats == RUNNING and cfg.adapt_bn_stats == RUNNING:
-            self._adapt_norm = RUNNING
         self._predict_norm = cfg.bn_stats if family == "batchnorm" else LAYER
         self._collect_bn = family == "batchnorm" and cfg.bn_stats == RUNNING
         self._fold_frames = self._collect_bn and cfg.frame_momentum > 0
@@ -201,8 +193,6 @@ class ZOA(AdaptMethod):
             bn_stats=tuple((m.to(self.device), v.to(self.device)) for m, v in fusion.bn_stats))
         self.store.publish(self._initial)
         self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
-        self.frame_watch = FrameWatch(cfg.frame_watch_window, cfg.frame_watch_t) \
-            if cfg.frame_watch_window and self._fold_frames else None
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         self._momentum_buffer: torch.Tensor | None = None
@@ -249,38 +239,14 @@ class ZOA(AdaptMethod):
         (``running`` normalisation) also folds these frames into the running BatchNorm
         estimate."""
         x = x.to(self.device)
-        measure = collect_bn and norm == RUNNING    # batch statistics from the frames' moments
-        with torch.no_grad(), self.store.using(params, norm, collect_bn and not measure,
-                                               fold or measure) as ctx:
+        with torch.no_grad(), self.store.using(params, norm, collect_bn, fold) as ctx:
             features, early_stats = self.extractor.run(x, early=early)
             logits = self._shifted_logits(features, params)
-        if measure:
-            stats = window_stats(ctx.frame_sink)
-            return self._record(features, logits, early_stats, dict(enumerate(stats)), params,
-                                norm)
         if ctx.frame_sink:
             rho, sink = self.cfg.frame_momentum, ctx.frame_sink
             self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
-            if self.frame_watch is not None and early_stats is not None:
-                self._watch(early_stats, sink, x.shape[0])
-        return self._record(features, logits, early_stats, ctx.bn_sink, params, norm)
-
-    def _record(self, features: Features, logits: torch.Tensor, early_stats: EarlyStats | None,
-                bn_sink: dict | None, params: ParamSet, norm: str) -> ForwardRecord:
         self._count(forward_passes=1)
-        return ForwardRecord(features, logits, early_stats, bn_sink, params.version, norm)
-
-    def _watch(self, early: EarlyStats, sink: dict, frames: int) -> None:
-        window = self.frame_watch.observe(early, sink, frames)
-        if window is None:
-            return
-        if self.cfg.frame_watch_restart == "source":
-            source, rho = self._initial.bn_stats, self.cfg.frame_momentum
-            self.store.update_stats(lambda _: fold_frames(source, window, rho))
-        else:
-            self.store.update_stats(lambda _: window_stats(window))
-        log.info("fast domain change %d: running statistics restarted from the %s",
-                 self.frame_watch.changes, self.cfg.frame_watch_restart)
+        return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
 
     def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
         """The prediction forward with the published set; ``observe`` (frames offered for
@@ -453,8 +419,6 @@ class ZOA(AdaptMethod):
             version = self.store.published.version + 1
             self.store.publish(self._initial.replace(version=version))
             self.detector.clear()
-            if self.frame_watch is not None:
-                self.frame_watch.clear()
             self.similarity = torch.zeros(0, 0, device=self.device)
             self._origins = []
             self._momentum_buffer = None
