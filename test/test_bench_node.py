@@ -60,4 +60,16 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert r["p99_on_over_p99_off"] == pytest.approx(
             on["latency_ms"]["p99"] / off["latency_ms"]["p99"])
         assert r["p50_target_met"] == (r["node_p50_over_model_p50_off"] <= 1.10)
+        assert r["node_added_p50_ms"] == pytest.approx(
+            off["latency_ms"]["p50"] - off["model_ms"]["p50"])
+    relay = report["relay"]    # the model-free relay node answered the same streams
+    assert [c["size"] for c in relay] == ["224x224", "640x480"]
+    for c in relay:
+        assert c["sent"] > 20 and 0 < c["answered"] <= c["sent"]
+        assert 0 < c["latency_ms"]["p50"] <= c["latency_ms"]["p99"]
+        r = report["ratios"][c["size"]]
+        assert r["floor_p50_ms"] == c["latency_ms"]["p50"]
+        assert r["floor_p50_over_model_p50"] == pytest.approx(
+            c["latency_ms"]["p50"] / by[(c["size"], "off")]["model_ms"]["p50"])
+    assert "transport floor (relay_node, no model)" in result.stdout
     assert report["machine"]["cpus"] >= 1 and report["settings"]["rate_hz"] == 30.0

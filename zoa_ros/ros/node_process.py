@@ -27,12 +27,14 @@ def ros_env(domain_id: int, ros_home: str | Path) -> dict[str, str]:
 
 
 class NodeProcess:
-    """``zoa_node`` in a subprocess with the default params file plus ``overrides``."""
+    """``zoa_node`` in a subprocess with the default params file plus ``overrides`` (or another
+    node ``module`` of this package, with ``overrides`` only)."""
 
     def __init__(self, overrides: dict[str, object], env: dict[str, str], log: Path,
-                 remaps: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "zoa_ros.ros.node", "--ros-args",
-                "--params-file", str(config_path("zoa.yaml"))]
+                 remaps: dict[str, str] | None = None, module: str = "zoa_ros.ros.node") -> None:
+        args = [sys.executable, "-m", module, "--ros-args"]
+        if module == "zoa_ros.ros.node":
+            args += ["--params-file", str(config_path("zoa.yaml"))]
         for name, value in overrides.items():
             args += ["-p", f"{name}:={_ros_value(value)}"]
         for src, dst in (remaps or {}).items():

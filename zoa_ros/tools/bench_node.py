@@ -19,6 +19,10 @@ condition, half after, so both see the same machine), a warm-up stream that is n
 counted, a pause until the node has answered and published fresh counters, then the measured
 stream. Targets: at p50 the node adds <= 10 % to the model (node p50 / model p50, with
 adaptation off) and adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
+
+Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
+model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
+is the transport floor any Python node pays here, printed next to the time the node adds.
 """
 
 from __future__ import annotations
@@ -117,9 +121,11 @@ def ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
-def ratios(conditions: Sequence[dict]) -> dict[str, dict]:
-    """Per size: node p50 / model p50 (off and on) and p99 on / p99 off, with pass/fail."""
+def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, dict]:
+    """Per size: node p50 / model p50 (off and on) and p99 on / p99 off, with pass/fail; with
+    ``relay`` conditions also the transport floor against the model and the node."""
     out: dict[str, dict] = {}
+    floors = {c["size"]: c["latency_ms"]["p50"] for c in relay}
     for size in dict.fromkeys(c["size"] for c in conditions):
         by = {c["adaptation"]: c for c in conditions if c["size"] == size}
         off, on = by.get("off"), by.get("on")
@@ -132,6 +138,14 @@ def ratios(conditions: Sequence[dict]) -> dict[str, dict]:
                     p50, c["node_inference_ms"]["p50"])
         r50 = row.get("node_p50_over_model_p50_off")
         row["p50_target_met"] = None if r50 is None else r50 <= TARGET_P50_RATIO
+        if off is not None and off["latency_ms"]["p50"] is not None and off["model_ms"]["p50"]:
+            model = off["model_ms"]["p50"]
+            row["node_added_p50_ms"] = off["latency_ms"]["p50"] - model
+            row["target_added_p50_ms"] = (TARGET_P50_RATIO - 1) * model
+            floor = floors.get(size)
+            if floor is not None:
+                row["floor_p50_ms"] = floor
+                row["floor_p50_over_model_p50"] = floor / model
         if off is not None and on is not None:
             r99 = ratio(on["latency_ms"]["p99"], off["latency_ms"]["p99"])
             row["p99_on_over_p99_off"] = r99
@@ -212,6 +226,11 @@ def format_report(report: dict) -> str:
                      f"robust to other load) = "
                      f"{_num(r.get('node_p50_over_inference_p50_off'), 0, 2)} off, "
                      f"{_num(r.get('node_p50_over_inference_p50_on'), 0, 2)} on")
+        if "floor_p50_ms" in r:
+            lines.append(f"{size}: the node adds {r['node_added_p50_ms']:.1f} ms to the model's "
+                         f"p50 (target <= {r['target_added_p50_ms']:.1f} ms); the transport "
+                         f"floor (relay_node, no model) is {r['floor_p50_ms']:.1f} ms p50 = "
+                         f"{r['floor_p50_over_model_p50']:.2f} x the model's p50")
         if "p99_on_over_p99_off" in r:
             lines.append(f"{size}: p99 adaptation on / off = "
                          f"{_num(r['p99_on_over_p99_off'], 0, 2)} (target <= "
@@ -449,6 +468,7 @@ class _Bench:
                             raise RuntimeError(f"zoa_node exited; see {log}")
                 finally:
                     node.stop()
+            relay = self._relay(values, logs)
         finally:
             self.executor.shutdown()
             self.spinner.join(timeout=5)
@@ -471,17 +491,43 @@ class _Bench:
                          "fastdds_profile": self.env.get("FASTDDS_DEFAULT_PROFILES_FILE"),
                          "ros_domain_id": a.domain_id, "node_logs": ", ".join(logs)},
             "conditions": conditions,
-            "ratios": ratios(conditions),
+            "relay": relay,
+            "ratios": ratios(conditions, relay),
             "targets": {"node_p50_over_model_p50_max": TARGET_P50_RATIO,
                         "p99_on_over_p99_off_max": TARGET_P99_RATIO},
         }
 
-    def _wait_for_node(self, node: Any) -> None:
-        """Until the node is active and matched: camera, results and diagnostics."""
+    def _relay(self, values: dict[str, Any], logs: list[str]) -> list[dict]:
+        """The same streams through :mod:`zoa_ros.ros.relay_node`: the transport floor."""
+        from zoa_ros.ros.node_process import NodeProcess
+
+        log = self.out / "relay_node.log"
+        log.unlink(missing_ok=True)
+        logs.append(str(log))
+        print("starting relay_node (no model: the transport floor) ...", flush=True)
+        relay = NodeProcess({"qos.depth": values["qos.depth"]}, self.env, log,
+                            module="zoa_ros.ros.relay_node")
+        try:
+            self._wait_for_node(relay, diagnostics=False)
+            out = []
+            for size, frames in self.frames.items():
+                key = f"{size[0]}x{size[1]}/relay"
+                sent, elapsed, answers = self._measure(key, frames)
+                out.append({"size": f"{size[0]}x{size[1]}", "seconds": elapsed, "sent": sent,
+                            "answered": len(answers),
+                            "latency_ms": summary([a[0] for a in answers])})
+                if not relay.alive():
+                    raise RuntimeError(f"relay_node exited; see {log}")
+            return out
+        finally:
+            relay.stop()
+
+    def _wait_for_node(self, node: Any, diagnostics: bool = True) -> None:
+        """Until the node is active and matched: camera, results and (zoa_node) diagnostics."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while (self.camera.publisher.get_subscription_count() == 0
                or self.results_sub.get_publisher_count() == 0
-               or self.diag_sub.get_publisher_count() == 0):
+               or (diagnostics and self.diag_sub.get_publisher_count() == 0)):
             if not node.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"zoa_node did not come up; see {node.log_path}")
             time.sleep(0.05)
@@ -493,25 +539,15 @@ class _Bench:
         runs = self.args.model_runs
         print(f"{key}: model latency ({runs - runs // 2} runs) ...", flush=True)
         model_before = self._model_latency(engine, frames, runs - runs // 2)
-        if self.args.warmup > 0:
-            print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
-            self._settle(self._stream(frames, self.args.warmup, None)[1])
-        before = self._counters()
-        print(f"{key}: streaming {self.args.seconds:g} s at {self.args.rate:g} Hz ...",
-              flush=True)
-        started = time.monotonic()
-        sent, last = self._stream(frames, self.args.seconds, key)
-        elapsed = time.monotonic() - started
-        self._settle(last)
-        after = self._counters()
+        counters: list[dict[str, float] | None] = []
+        sent, elapsed, answers = self._measure(key, frames, counters)
+        before, after = counters
         if runs // 2:
             print(f"{key}: model latency ({runs // 2} runs) ...", flush=True)
         model_after = self._model_latency(engine, frames, runs // 2, warmup=1)
         model = summary(model_before + model_after)
         model["p50_before"] = summary(model_before)["p50"]
         model["p50_after"] = summary(model_after)["p50"]
-        with self.lock:
-            answers = list(self.answers.get(key, []))
         answered = len(answers)
         node = _delta(before, after) if before and after else None
         if node is not None:
@@ -525,6 +561,26 @@ class _Bench:
                 "node_inference_ms": summary([a[1] for a in answers]),
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
                 "model_ms": model, "node": node}
+
+    def _measure(self, key: str, frames: list[np.ndarray], counters: list | None = None
+                 ) -> tuple[int, float, list[tuple[float, float]]]:
+        """Warm up, then stream for ``--seconds``: frames sent, seconds, answers (e2e ms,
+        inference ms); ``counters`` receives the node's counters before and after."""
+        if self.args.warmup > 0:
+            print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
+            self._settle(self._stream(frames, self.args.warmup, None)[1])
+        if counters is not None:
+            counters.append(self._counters())
+        print(f"{key}: streaming {self.args.seconds:g} s at {self.args.rate:g} Hz ...",
+              flush=True)
+        started = time.monotonic()
+        sent, last = self._stream(frames, self.args.seconds, key)
+        elapsed = time.monotonic() - started
+        self._settle(last)
+        if counters is not None:
+            counters.append(self._counters())
+        with self.lock:
+            return sent, elapsed, list(self.answers.get(key, []))
 
     def _model_latency(self, engine: Any, frames: list[np.ndarray], runs: int,
                        warmup: int = 3) -> list[float]:
