@@ -7,7 +7,8 @@ DDS profile as the node), rclpy's message conversion, reading the pixels
 ``classification_json`` with the frame's header and no results. ``inference_ms`` carries the
 time spent reading the pixels.
 
-Run: ``python -m zoa_ros.ros.relay_node --ros-args [-p qos.depth:=N] [-r image:=/topic]``.
+Run: ``python -m zoa_ros.ros.relay_node --ros-args [-p qos.depth:=N]
+[-p qos.reliability:=reliable] [-r image:=/topic]``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ from zoa_ros.ros import conversions
 
 
 class RelayNode(Node):
-    """Subscribes to ``image`` (best effort, depth ``qos.depth``) and answers each frame."""
+    """Subscribes to ``image`` with zoa_node's input QoS (``qos.depth``, ``qos.reliability``)
+    and answers each frame."""
 
     def __init__(self) -> None:
         super().__init__("relay_node")
-        depth = int(self.declare_parameter("qos.depth", 1).value)
+        depth = int(self.declare_parameter("qos.depth", 5).value)
+        reliable = self.declare_parameter("qos.reliability", "best_effort").value == "reliable"
         qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.BEST_EFFORT,
+                         reliability=(ReliabilityPolicy.RELIABLE if reliable
+                                      else ReliabilityPolicy.BEST_EFFORT),
                          durability=DurabilityPolicy.VOLATILE)
         self.results = self.create_publisher(String, "classification_json", 10)
         self.create_subscription(Image, "image", self._on_image, qos)

@@ -505,8 +505,8 @@ class _Bench:
         log.unlink(missing_ok=True)
         logs.append(str(log))
         print("starting relay_node (no model: the transport floor) ...", flush=True)
-        relay = NodeProcess({"qos.depth": values["qos.depth"]}, self.env, log,
-                            module="zoa_ros.ros.relay_node")
+        qos = {name: values[name] for name in ("qos.depth", "qos.reliability")}
+        relay = NodeProcess(qos, self.env, log, module="zoa_ros.ros.relay_node")
         try:
             self._wait_for_node(relay, diagnostics=False)
             out = []
@@ -529,7 +529,7 @@ class _Bench:
                or self.results_sub.get_publisher_count() == 0
                or (diagnostics and self.diag_sub.get_publisher_count() == 0)):
             if not node.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"zoa_node did not come up; see {node.log_path}")
+                raise RuntimeError(f"the node did not come up; see {node.log_path}")
             time.sleep(0.05)
 
     def _condition(self, size: tuple[int, int], adapt: str, frames: list[np.ndarray],
