@@ -115,6 +115,15 @@ def _lower_priority(idle: bool, increment: int, log: Any) -> None:
         log.warning(f"cannot lower the adaptation thread's priority: {e}")
 
 
+def input_qos(reliability: str, depth: int) -> QoSProfile:
+    """The camera subscriptions' QoS: keep the last ``depth``, volatile, ``reliability``
+    ``"reliable"`` or best effort (the ``qos.*`` parameters)."""
+    return QoSProfile(depth=int(depth), history=HistoryPolicy.KEEP_LAST,
+                      reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                                   else ReliabilityPolicy.BEST_EFFORT),
+                      durability=DurabilityPolicy.VOLATILE)
+
+
 def use_compute_threads(n: int) -> None:
     """:func:`zoa_ros.core.threads.use_compute_threads`, importing torch only when needed."""
     from zoa_ros.core.threads import use_compute_threads as use
@@ -393,10 +402,7 @@ class ZoaNode(LifecycleNode):
 
     # ---- streaming ----------------------------------------------------------------------
     def _input_qos(self) -> QoSProfile:
-        reliability = (ReliabilityPolicy.RELIABLE if self.p("qos.reliability") == "reliable"
-                       else ReliabilityPolicy.BEST_EFFORT)
-        return QoSProfile(depth=self.p("qos.depth"), history=HistoryPolicy.KEEP_LAST,
-                          reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+        return input_qos(self.p("qos.reliability"), self.p("qos.depth"))
 
     def _start_streaming(self) -> None:
         self._stop.clear()

@@ -27,13 +27,14 @@ def ros_env(domain_id: int, ros_home: str | Path) -> dict[str, str]:
 
 
 class NodeProcess:
-    """``zoa_node`` in a subprocess with the default params file plus ``overrides`` (or another
-    node ``module`` of this package, with ``overrides`` only)."""
+    """``zoa_node`` in a subprocess with the default params file plus ``overrides``; another
+    node ``module`` of this package takes ``params_file=False`` (``overrides`` only)."""
 
     def __init__(self, overrides: dict[str, object], env: dict[str, str], log: Path,
-                 remaps: dict[str, str] | None = None, module: str = "zoa_ros.ros.node") -> None:
+                 remaps: dict[str, str] | None = None, module: str = "zoa_ros.ros.node",
+                 params_file: bool = True) -> None:
         args = [sys.executable, "-m", module, "--ros-args"]
-        if module == "zoa_ros.ros.node":
+        if params_file:
             args += ["--params-file", str(config_path("zoa.yaml"))]
         for name, value in overrides.items():
             args += ["-p", f"{name}:={_ros_value(value)}"]

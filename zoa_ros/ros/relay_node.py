@@ -20,11 +20,11 @@ from typing import Any
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from zoa_ros.ros import conversions
+from zoa_ros.ros.node import input_qos
 
 
 class RelayNode(Node):
@@ -33,12 +33,9 @@ class RelayNode(Node):
 
     def __init__(self) -> None:
         super().__init__("relay_node")
-        depth = int(self.declare_parameter("qos.depth", 5).value)
-        reliable = self.declare_parameter("qos.reliability", "best_effort").value == "reliable"
-        qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
-                         reliability=(ReliabilityPolicy.RELIABLE if reliable
-                                      else ReliabilityPolicy.BEST_EFFORT),
-                         durability=DurabilityPolicy.VOLATILE)
+        depth = self.declare_parameter("qos.depth", 5).value
+        reliability = self.declare_parameter("qos.reliability", "best_effort").value
+        qos = input_qos(reliability, depth)
         self.results = self.create_publisher(String, "classification_json", 10)
         self.create_subscription(Image, "image", self._on_image, qos)
 

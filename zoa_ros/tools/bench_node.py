@@ -506,7 +506,8 @@ class _Bench:
         logs.append(str(log))
         print("starting relay_node (no model: the transport floor) ...", flush=True)
         qos = {name: values[name] for name in ("qos.depth", "qos.reliability")}
-        relay = NodeProcess(qos, self.env, log, module="zoa_ros.ros.relay_node")
+        relay = NodeProcess(qos, self.env, log, module="zoa_ros.ros.relay_node",
+                            params_file=False)
         try:
             self._wait_for_node(relay, diagnostics=False)
             out = []
