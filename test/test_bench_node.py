@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from zoa_ros.tools import bench_node
@@ -23,6 +24,20 @@ def test_parse_sizes_and_params() -> None:
         "a.b": 0.5, "c": True, "d": "x"}
     with pytest.raises(ValueError, match="NAME:=VALUE"):
         bench_node.parse_params(["a=1"])
+
+
+def test_p99_ratio_interval_covers_the_true_ratio_and_narrows_with_more_frames() -> None:
+    rng = np.random.default_rng(3)
+    off = rng.gamma(4.0, 5.0, 3000)
+    on = 1.3 * rng.gamma(4.0, 5.0, 3000)     # true p99 ratio 1.3
+    wide = bench_node.percentile_ratio_interval(on[:150], off[:150])
+    narrow = bench_node.percentile_ratio_interval(on, off)
+    assert wide is not None and narrow is not None
+    assert narrow[0] < 1.3 < narrow[1] and wide[0] < 1.3 < wide[1]
+    assert narrow[1] - narrow[0] < 0.5 * (wide[1] - wide[0])
+    assert narrow[0] > 1.0                    # 3000 frames tell 1.3 from 1.0
+    assert bench_node.percentile_ratio_interval(on, off) == narrow       # seeded
+    assert bench_node.percentile_ratio_interval([1.0], off) is None
 
 
 def test_bench_node_json(make_pack, tmp_path: Path) -> None:
@@ -60,6 +75,9 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert r["p99_on_over_p99_off"] == pytest.approx(
             on["latency_ms"]["p99"] / off["latency_ms"]["p99"])
         assert r["p50_target_met"] == (r["node_p50_over_model_p50_off"] <= 1.10)
+        lo, hi = r["p99_on_over_p99_off_ci95"]
+        assert 0 < lo <= hi
+        assert on["latency_samples_ms"] and len(on["latency_samples_ms"]) == on["answered"]
         assert r["node_added_p50_ms"] == pytest.approx(
             off["latency_ms"]["p50"] - off["model_ms"]["p50"])
     relay = report["relay"]    # the model-free relay node answered the same streams

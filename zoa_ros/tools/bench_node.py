@@ -121,6 +121,25 @@ def ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
+def percentile_ratio_interval(num: Sequence[float], den: Sequence[float], q: float = 99.0,
+                              level: float = 0.95, draws: int = 2000, seed: int = 0
+                              ) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of ``percentile(num, q) / percentile(den, q)``: both
+    samples resampled independently ``draws`` times (seeded, so a report is reproducible).
+    ``None`` with fewer than two values on either side. A p99 of a few hundred frames rests on
+    its few largest values, so the ratio of two of them moves a lot between runs; the interval
+    says how much."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if a.size < 2 or b.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    top = np.percentile(a[rng.integers(0, a.size, (draws, a.size))], q, axis=1)
+    bottom = np.percentile(b[rng.integers(0, b.size, (draws, b.size))], q, axis=1)
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(top / bottom, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
 def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, dict]:
     """Per size: node p50 / model p50 (off and on) and p99 on / p99 off, with pass/fail; with
     ``relay`` conditions also the transport floor against the model and the node."""
@@ -150,6 +169,10 @@ def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, 
             r99 = ratio(on["latency_ms"]["p99"], off["latency_ms"]["p99"])
             row["p99_on_over_p99_off"] = r99
             row["p99_target_met"] = None if r99 is None else r99 <= TARGET_P99_RATIO
+            interval = percentile_ratio_interval(on.get("latency_samples_ms", ()),
+                                                 off.get("latency_samples_ms", ()))
+            if interval is not None:
+                row["p99_on_over_p99_off_ci95"] = list(interval)
         out[size] = row
     return out
 
@@ -234,7 +257,8 @@ def format_report(report: dict) -> str:
         if "p99_on_over_p99_off" in r:
             lines.append(f"{size}: p99 adaptation on / off = "
                          f"{_num(r['p99_on_over_p99_off'], 0, 2)} (target <= "
-                         f"{TARGET_P99_RATIO:.2f}: {_verdict(r.get('p99_target_met'))})")
+                         f"{TARGET_P99_RATIO:.2f}: {_verdict(r.get('p99_target_met'))})"
+                         + _interval(r.get("p99_on_over_p99_off_ci95"), TARGET_P99_RATIO))
     m, s = report["machine"], report["settings"]
     lines.append("")
     lines.append(f"machine: {m['cpu']}, {m['cpus_usable']} of {m['cpus']} CPUs usable, "
@@ -253,6 +277,17 @@ def _num(value: float | int | None, width: int, digits: int = 0) -> str:
     if value is None:
         return f"{'n/a':>{width}s}"
     return f"{value:{width}.{digits}f}" if digits else f"{round(value):{width}d}"
+
+
+def _interval(interval: Sequence[float] | None, target: float) -> str:
+    """``; 95 % bootstrap interval lo-hi`` and whether the verdict could flip at this size."""
+    if not interval:
+        return ""
+    lo, hi = interval
+    firm = hi <= target or lo > target
+    return (f"; 95 % bootstrap interval {lo:.2f}-{hi:.2f}: "
+            + ("the verdict holds at this sample size" if firm else
+               "either verdict is possible at this sample size (measure longer: --seconds)"))
 
 
 def _load(values: Sequence[float] | None) -> str:
@@ -559,6 +594,7 @@ class _Bench:
                 "dropped": sent - answered,
                 "dropped_pct": 100.0 * (sent - answered) / sent if sent else 0.0,
                 "latency_ms": summary([a[0] for a in answers]),
+                "latency_samples_ms": [round(a[0], 3) for a in answers],
                 "node_inference_ms": summary([a[1] for a in answers]),
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
                 "model_ms": model, "node": node}
