@@ -160,3 +160,44 @@ def test_source_prior_blends_the_statistics(zoa_pack, shifted_batches):
     with pytest.raises(ValueError, match="stats_prior"):
         registry.create("norm", pack.build_model(), pack, {"stats_prior": 1.5},
                         torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_on_change_replaces_the_estimate_only_when_asked(zoa_pack, shifted_batches,
+                                                               reset):
+    """A detected change replaces the running estimate by the adaptation batch's statistics
+    with ``stats_reset_on_change``, and leaves it to the frames rule without."""
+    pack = zoa_pack("test_resnet")
+    method = registry.create("zoa", pack.build_model(), pack,
+                             {"bn_stats": "running", "frame_momentum": 0.1, "lr": 0.0,
+                              "detect_min_batch": 8, "min_adapt_batch": 8, "domain_t": 1e-9,
+                              "stats_reset_on_change": reset},
+                             torch.Generator().manual_seed(0))
+    a, b = shifted_batches(pack, 2, size=16, noise=1.0)
+    assert not method.adapt(a).changed                 # the detector's first batch
+    before = method.params.bn_stats
+    assert method.adapt(b).changed
+    after = method.params.bn_stats
+    probe = registry.create("norm", pack.build_model(), pack,
+                            {"bn_stats": "running", "stats_momentum": 1.0},
+                            torch.Generator().manual_seed(0))
+    probe.adapt(b)                                     # b's own batch statistics
+    if reset:
+        for (m, v), (pm, pv) in zip(after, probe.stats.estimate, strict=True):
+            torch.testing.assert_close(m, pm, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v, pv, rtol=1e-4, atol=1e-4)
+    else:
+        assert all(torch.equal(m, m0) and torch.equal(v, v0)
+                   for (m, v), (m0, v0) in zip(after, before, strict=True))
+        assert _distance(after, probe.stats.estimate) > 1e-3
+
+
+def test_streaming_zoa_leaves_the_estimate_to_the_frames(zoa_pack):
+    """Streaming mode's default: no reset at a change (docs/RESULTS.md §2.4f); batch mode and
+    explicit settings keep it."""
+    pack = zoa_pack("test_resnet")
+    assert not Engine(pack, method="zoa", mode="streaming").method.cfg.stats_reset_on_change
+    assert Engine(pack, method="zoa", mode="batch").method.cfg.stats_reset_on_change
+    assert Engine(pack, method="zoa", mode="streaming",
+                  method_config={"stats_reset_on_change": True}
+                  ).method.cfg.stats_reset_on_change

@@ -232,6 +232,18 @@ def test_validate_rejects_with_reasons() -> None:
     assert P.descriptor(P.BY_NAME["adaptation.interval_frames"]).integer_range[0].from_value == 1
 
 
+def test_engine_config_carries_the_statistics_settings() -> None:
+    from zoa_ros.ros.node import ZoaNode
+
+    values = {s.name: s.default for s in P.SPECS}
+    cfg = ZoaNode.engine_config(values.__getitem__, 1000).method_config
+    assert (cfg["bn_stats"], cfg["frame_momentum"], cfg["stats_prior"]) == ("running", 0.01, 0.75)
+    assert cfg["stats_reset_on_change"] is False
+    values["adaptation.stats_reset_on_change"] = True
+    assert ZoaNode.engine_config(values.__getitem__, 1000).method_config[
+        "stats_reset_on_change"] is True
+
+
 def test_help_lists_every_parameter() -> None:
     text = P.help_text()
     assert all(s.name in text for s in P.SPECS)

@@ -318,6 +318,7 @@ class ZoaNode(LifecycleNode):
                 "bn_stats": p("adaptation.bn_stats"),
                 "frame_momentum": p("adaptation.frame_momentum"),
                 "stats_prior": p("adaptation.stats_prior"),
+                "stats_reset_on_change": p("adaptation.stats_reset_on_change"),
                 "min_adapt_batch": min_batch,
                 "detect_min_batch": p("adaptation.detect_min_batch") or batch,
                 "detect": p("adaptation.detect_domains"),

@@ -95,6 +95,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.stats_prior", 0.75, "share of the source statistics blended into the "
          "running BatchNorm statistics single frames are classified with (0: test only)",
          read_only=True, low=0.0, high=1.0),
+    Spec("adaptation.stats_reset_on_change", False, "at a detected domain change, replace the "
+         "running BatchNorm statistics by the adaptation batch's (helps when domains last under "
+         "~100 frames; costs accuracy on longer ones)", read_only=True),
     Spec("adaptation.interval_frames", 32, "adapt after this many new frames", low=1,
          high=1000000),
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "

@@ -22,10 +22,13 @@ running estimate of the test statistics, initialised from the source running buf
 frames can be classified with statistics of the current domain (:mod:`.bn_stats`). With
 ``frame_momentum`` ρ_f > 0 (the streaming default) every predicted frame folds its own
 per-layer moments into it inside the prediction's forward pass; with ρ_f = 0 every adapted
-batch folds its mean and unbiased variance in with ρ = ``stats_momentum``. Either way, a
-detected domain change replaces the estimate by the adapted batch's statistics when
-``stats_reset_on_change``. (:meth:`ZOA.forward_and_adapt` predicts from
-its adaptation forward, i.e. with batch statistics, in either mode.)
+batch folds its mean and unbiased variance in with ρ = ``stats_momentum``. With
+``stats_reset_on_change`` a detected domain change replaces the estimate by the adapted batch's
+statistics: on by default, off in streaming mode (``streaming_defaults``), where the frames
+rule follows a new domain within ~1/ρ_f frames by itself and replacing a ~100-frame estimate by
+one 64-frame batch cost 0.4 points on full-length domains (docs/RESULTS.md §2.4g).
+(:meth:`ZOA.forward_and_adapt` predicts from its adaptation forward, i.e. with batch
+statistics, in either mode.)
 
 The domain detector starts empty (deployment choice, METHOD.md §9.5b); :meth:`ZOA.prime_detector`
 on clean batches reproduces the reference's ResNet path. Thread model: :meth:`ZOA.predict` may
@@ -154,7 +157,7 @@ class ZOA(AdaptMethod):
     """
 
     name: ClassVar[str] = "zoa"
-    streaming_defaults: ClassVar[dict] = STREAMING_STATS
+    streaming_defaults: ClassVar[dict] = {**STREAMING_STATS, "stats_reset_on_change": False}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
