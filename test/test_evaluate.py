@@ -70,7 +70,8 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["evaluate", *argv])
 
 
-def test_end_to_end_is_deterministic_and_reports(wnid_dir, vit, methods, tmp_path) -> None:
+def test_end_to_end_is_deterministic_and_reports(wnid_dir, vit, methods, tmp_path,
+                                                   capsys) -> None:
     _, pack_path = vit
     results = []
     for i in range(2):
@@ -106,6 +107,10 @@ def test_end_to_end_is_deterministic_and_reports(wnid_dir, vit, methods, tmp_pat
     assert config["seed"] == 7 and config["pack_info"]["fingerprint"]
     assert {"torch", "timm", "zoa_ros"} <= set(config["versions"])
     assert without_timing(results[0]) == without_timing(results[1])
+    log = capsys.readouterr().err             # no tty: one line per segment instead of a bar
+    lines = [x for x in log.splitlines() if "frames):" in x]
+    assert len(lines) == 2 * 4 and "round 2 jpeg_compression (20 frames): none " in lines[3]
+    assert f"{names[1]} {first['methods'][names[1]]['domains'][3]['acc']:.1f}" in lines[3]
     report = (tmp_path / "report0" / "report.md").read_text()
     assert "| 2 | jpeg_compression | 20 |" in report and names[1] in report
     assert (tmp_path / "report0" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,12 +8,13 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from zoa_ros.core.atomic import atomic_write_bytes
 from zoa_ros.core.engine import MODES
 from zoa_ros.core.evaluation import evaluate
 from zoa_ros.core.pack import ModelPack, library_versions
-from zoa_ros.core.stream import FrameStream
+from zoa_ros.core.stream import FrameStream, Segment
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,9 +93,10 @@ def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStrea
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     configs = parse_method_config(args.method_config, args.methods)
+    bar = sys.stderr.isatty() or bool(os.environ.get("ZOA_PROGRESS"))
     result = evaluate(pack, stream, args.methods, mode=args.mode, batch_size=args.batch_size,
                       seed=args.seed, method_configs=configs, device=args.device,
-                      progress=sys.stderr.isatty() or bool(os.environ.get("ZOA_PROGRESS")),
+                      progress=bar, on_segment=None if bar else SegmentLog(),
                       load_bank=args.load_bank, save_bank=args.save_bank,
                       save_bank_method=args.save_bank_method,
                       bank_provenance={"writer": f"zoa-ros {tool}"})
@@ -102,6 +104,21 @@ def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStrea
         entries = result["methods"][method]["bank"]["entries"]
         print(f"saved {method}'s knowledge bank ({entries} entries) to {path}", file=sys.stderr)
     return write_outputs(args, pack, stream, tool, result, configs)
+
+
+class SegmentLog:
+    """Without a progress bar (a log file, a CI job), one stderr line per finished segment:
+    round, domain, frames, each method's accuracy and the time since the start, so a run of an
+    hour shows its results as they come."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, segment: Segment, accs: dict[str, float | None]) -> None:
+        scores = "  ".join(f"{name} {'n/a' if acc is None else f'{acc:.1f}'}"
+                           for name, acc in accs.items())
+        print(f"[{time.monotonic() - self.start:7.0f} s] round {segment.round} "
+              f"{segment.name} ({len(segment)} frames): {scores}", file=sys.stderr, flush=True)
 
 
 def write_outputs(args: argparse.Namespace, pack: ModelPack, stream: FrameStream, tool: str,
