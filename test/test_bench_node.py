@@ -48,6 +48,10 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     result = subprocess.run(
         [CLI, "bench", "node", "--pack", str(pack), "--seconds", "2", "--warmup", "0.5",
          "--model-runs", "10", "--domain-id", str(201 + os.getpid() % 31),
+         # steps within 2 s even when other jobs keep both CPUs busy: small batches, and
+         # nice instead of SCHED_IDLE (which gives the step no CPU on a saturated machine)
+         "--param", "adaptation.batch_size:=8", "--param", "adaptation.interval_frames:=8",
+         "--param", "adaptation.idle_priority:=false",
          "--out", str(tmp_path / "run"), "--json", str(out)],
         capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
