@@ -55,8 +55,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("device", "cpu", "torch device (cpu, cuda, cuda:0, ...)", read_only=True),
     Spec("seed", 0, "seed of the engine's random generator", read_only=True, low=0,
          high=INT_MAX),
-    Spec("inference.threads", 0, "CPU compute threads of classification (0: all CPUs this "
-         "process may use)", read_only=True, low=0, high=256),
+    Spec("inference.threads", 1, "CPU compute threads of classification (0: all CPUs this "
+         "process may use; more than 1 is faster only while no other process wants those CPUs: "
+         "docs/RESULTS.md §4.2)", read_only=True, low=0, high=256),
     Spec("inference.keep_freed_memory", True, "keep freed memory in the process (glibc malloc "
          "thresholds) instead of page-faulting a frame's activations in again on every forward "
          "pass; process-wide, set once", read_only=True),
