@@ -16,7 +16,11 @@ from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.quant import QuantConfig
 from zoa_ros.core.sample_photos import PHOTOS, load_photo
 
-torch.set_num_threads(2)
+# One intra-op thread for the whole test process: the tests run many small forwards, which are
+# fastest that way, and on a shared CPU spinning OpenMP threads wait on each other (a 2-thread
+# test process beside other jobs once took 900 s for a test that takes seconds alone). Tests
+# that need more threads set them and put this default back.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -283,15 +287,6 @@ def stem_counter():
     """``stem_counter(model) -> StemCounter`` (``take()`` returns and clears the count)."""
     return StemCounter
 
-
-@pytest.fixture
-def single_thread():
-    """One intra-op thread for the duration of a test: tests of many small forwards run faster
-    that way, and much faster on a shared CPU, where spinning OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rewritten_bank(data: bytes, drop: tuple[str, ...] = (), **changes: object) -> bytes:

@@ -23,8 +23,6 @@ from zoa_ros.core.stream import order
 from zoa_ros.tools.cli import main
 from zoa_ros.tools.make_bag import DEFAULT_START_S, cover_crop
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 START_NS = round(DEFAULT_START_S * 1e9)
 
 @pytest.fixture(scope="module")

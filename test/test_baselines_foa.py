@@ -14,8 +14,6 @@ import torch
 from zoa_ros.core.adapt import registry
 from zoa_ros.core.adapt.foa import default_popsize
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 FAST = {"popsize": 6}
 CASES = [("test_vit", None, {**FAST, "num_prompts": 1}), ("test_resnet", 64, FAST)]
 

@@ -3,14 +3,11 @@ nothing learned, and a no-op on LayerNorm models."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from zoa_ros.core.adapt import registry
 from zoa_ros.core.adapt.none import NoAdapt
 from zoa_ros.core.norm_mode import batch_statistics
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _norm(pack, seed: int = 0, **config):

@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from zoa_ros.core.adapt import registry
 from zoa_ros.core.adapt.t3a import filter_supports
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _t3a(pack, seed: int = 0, **config):
     return registry.create("t3a", pack.build_model(), pack, config,

@@ -10,8 +10,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoa_ros.core.adapt import registry
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 CASES = [("test_vit", None, nn.LayerNorm), ("test_resnet", 64, _BatchNorm)]
 
 

@@ -12,8 +12,6 @@ from zoa_ros.core.adapt.bn_stats import fold_batch, fold_frames
 from zoa_ros.core.adapt.zoa import ZOA
 from zoa_ros.core.engine import Engine
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=(2, 3)), (x * x).mean(dim=(2, 3))

@@ -17,10 +17,6 @@ from zoa_ros.core.sample_photos import load_photo
 PHOTOS = [load_photo(n) for n in ("chelsea", "astronaut", "coffee", "rocket")]
 
 
-# Many tiny batch-1 forwards: one thread is fastest (see conftest.single_thread).
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 @pytest.fixture(scope="module")
 def vit_pack(make_pack):
     return make_pack("test_vit")[0]

@@ -26,10 +26,6 @@ from zoa_ros.tools import evaluate as evaluate_tool
 CLASSES = {"chelsea": "n02123045", "coffee": "n03063599", "rocket": "n04266014",
            "motorcycle": "n03785016"}
 
-# Many tiny batch-1 forwards: one thread is fastest (see conftest.single_thread).
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 
 @pytest.fixture(scope="module")
 def wnid_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
