@@ -288,7 +288,6 @@ def stem_counter():
     return StemCounter
 
 
-
 def rewritten_bank(data: bytes, drop: tuple[str, ...] = (), **changes: object) -> bytes:
     """A bank file's bytes with metadata fields changed (``drop``: removed) and a *valid*
     content hash, i.e. what a newer or foreign writer could produce."""

@@ -25,6 +25,7 @@ from zoa_ros.tools.make_bag import DEFAULT_START_S, cover_crop
 
 START_NS = round(DEFAULT_START_S * 1e9)
 
+
 @pytest.fixture(scope="module")
 def labels_csv(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """labels.csv for the 24 photos: arbitrary but fixed class indices."""
