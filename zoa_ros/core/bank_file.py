@@ -2,14 +2,16 @@
 
 A safetensors file (never pickle): tensors ``eps`` [P], ``alpha`` [K+1], ``entries`` [K, P],
 ``similarity`` [K, K], optionally ``detector.mean/var``, ``shift_h`` and ``bn.<i>.mean/var``
-(BatchNorm test statistics), and a JSON document in the safetensors metadata with the format
-name and version, the fingerprint of the model pack the bank belongs to, the adapted layers
-(name, kind, channels), counters, creation time, provenance strings of the file
-(``provenance``), per-entry provenance (``entry_provenance``: one object or ``null`` per entry
-with robot, mission, created, domain_id, source; see
+(BatchNorm test statistics), ``recall.key_mean/key_var`` and ``recall.<i>.mean/var`` (the
+streaming statistics memory, :mod:`~zoa_ros.core.adapt.stats_recall`), and a JSON document in
+the safetensors metadata with the format name and version, the fingerprint of the model pack the
+bank belongs to, the adapted layers (name, kind, channels), counters, creation time, provenance
+strings of the file (``provenance``), per-entry provenance (``entry_provenance``: one object or
+``null`` per entry with robot, mission, created, domain_id, source; see
 :class:`~zoa_ros.core.adapt.bank.EntryOrigin`) and a sha256 over all of it. Files without
 ``entry_provenance`` (written before it existed) load with every entry's provenance unknown;
-the key is additive, so the format version stays 1 and older readers still read new files.
+the key is additive, so the format version stays 1 and older readers still read new files;
+the ``recall.*`` tensors are additive in the same way (absent: an empty memory).
 An empty ``bn_layers`` list on a BatchNorm model (a merged bank) means "start from the pack's
 source statistics". Saving is atomic (the old file survives until the new one is complete).
 Loading parses and validates everything into a new object before swapping it into the method,
@@ -99,7 +101,11 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
                            for i in range(len(bn))),
             domain_changes=int(meta.get("domain_changes", 0)),
             domain_id=int(meta.get("domain_id", 0)),
-            origins=_origins(meta.get("entry_provenance")))
+            origins=_origins(meta.get("entry_provenance")),
+            recall_keys=(tensors["recall.key_mean"], tensors["recall.key_var"])
+            if "recall.key_mean" in tensors else None,
+            recall_stats=tuple((tensors[f"recall.{i}.mean"], tensors[f"recall.{i}.var"])
+                               for i in range(len(bn))) if "recall.key_mean" in tensors else ())
         state.entry_origins()
     except (KeyError, TypeError, ValueError) as e:
         raise BankError(f"{name}: incomplete bank metadata or tensors ({e!r})") from e
@@ -159,6 +165,8 @@ def inspect_bank(path: str | Path) -> dict:
     origins = [None if o is None else o.to_json() for o in state.entry_origins()]
     return {**meta, "path": str(path), "file_bytes": path.stat().st_size,
             "entries": int(state.entries.shape[0]), "entry_provenance": origins,
+            "recall_entries": 0 if state.recall_keys is None else
+            int(state.recall_keys[0].shape[0]),
             "bytes_per_entry": int(state.entries.shape[1] * 4) if state.entries.dim() == 2 else 0,
             "tensor_bytes": sizes, "total_tensor_bytes": sum(sizes.values())}
 

@@ -177,6 +177,10 @@ class BankState:
     domain_changes: int = 0
     domain_id: int = 0
     origins: tuple[EntryOrigin | None, ...] = ()   # per entry; () = all unknown
+    # Streaming statistics memory (stats_recall): R remembered domains, their stem-statistics
+    # keys [R, C] and per BatchNorm layer their running (mean, var), [R, channels] each.
+    recall_keys: tuple[torch.Tensor, torch.Tensor] | None = None
+    recall_stats: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
     def entry_origins(self) -> tuple[EntryOrigin | None, ...]:
         """One origin per entry (``None`` = unknown); ``ValueError`` if ``origins`` does not
@@ -197,4 +201,8 @@ class BankState:
             out["shift_h"] = self.shift_h
         for i, (mean, var) in enumerate(self.bn_stats):
             out[f"bn.{i}.mean"], out[f"bn.{i}.var"] = mean, var
+        if self.recall_keys is not None:
+            out["recall.key_mean"], out["recall.key_var"] = self.recall_keys
+            for i, (mean, var) in enumerate(self.recall_stats):
+                out[f"recall.{i}.mean"], out[f"recall.{i}.var"] = mean, var
         return {k: v.detach().cpu().float().contiguous() for k, v in out.items()}

@@ -10,7 +10,7 @@ early-feature statistics in the same pass.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -92,6 +92,9 @@ class ThreadSafeExtractor(FeatureExtractor):
                 self._local.early = EarlyStats.of(out[:, self.prefix:], channel_dim=2)
             else:
                 self._local.early = EarlyStats.of(out, channel_dim=1)
+            callback = getattr(self._local, "on_early", None)
+            if callback is not None:
+                callback(self._local.early, out.shape[0])
 
     @contextmanager
     def _hooks(self, sink: list[torch.Tensor]) -> Iterator[None]:
@@ -101,14 +104,20 @@ class ThreadSafeExtractor(FeatureExtractor):
         finally:
             self._local.sink = None
 
-    def run(self, x: torch.Tensor, early: bool = True) -> tuple[Features, EarlyStats | None]:
-        """Unshifted features of ``x`` and (if ``early``) the detector statistics."""
+    def run(self, x: torch.Tensor, early: bool = True,
+            on_early: Callable[[EarlyStats, int], None] | None = None,
+            ) -> tuple[Features, EarlyStats | None]:
+        """Unshifted features of ``x`` and (if ``early``) the detector statistics;
+        ``on_early(stats, frames)`` is called with them inside the forward pass, right after
+        the early module (before any later layer runs)."""
         self._local.want_early, self._local.early = early, None
+        self._local.on_early = on_early if early else None
         try:
             features = self(x)
             return features, self._local.early
         finally:
             self._local.want_early, self._local.early = False, None
+            self._local.on_early = None
 
     def close(self) -> None:
         for handle in self._handles:

@@ -64,7 +64,8 @@ from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
 from zoa_ros.core.adapt.params import BATCH, LAYER, RUNNING, ParamSet, ParamStore
 from zoa_ros.core.adapt.presets import load_preset
 from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
-from zoa_ros.core.adapt.taps import ForwardRecord, ThreadSafeExtractor
+from zoa_ros.core.adapt.stats_recall import StatsRecall
+from zoa_ros.core.adapt.taps import EarlyStats, ForwardRecord, ThreadSafeExtractor
 from zoa_ros.core.features import Features
 from zoa_ros.core.models import model_family
 from zoa_ros.core.pack import ModelPack
@@ -99,6 +100,8 @@ class ZOAConfig(StatsConfig):
     shift_step: float = 1.0
     compat_scalar_shift: bool = False
     stats_reset_on_change: bool = True
+    stats_recall: bool = False          # per-domain memory of the running BN statistics
+    recall_window: int = 32             # frames per stem-statistics test of that memory
     layers: str | list[str] = "auto"
     block_start: int = 1
     block_end_fraction: float | None = None
@@ -125,6 +128,8 @@ class ZOAConfig(StatsConfig):
                              "(the loss and the detector use unbiased statistics)")
         if self.capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if self.recall_window < 2:
+            raise ValueError("recall_window must be >= 2")
         check_momenta(self.stats_momentum, self.frame_momentum, self.stats_prior)
         if self.bn_stats not in (BATCH, RUNNING):
             raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
@@ -157,7 +162,8 @@ class ZOA(AdaptMethod):
     """
 
     name: ClassVar[str] = "zoa"
-    streaming_defaults: ClassVar[dict] = {**STREAMING_STATS, "stats_reset_on_change": False}
+    streaming_defaults: ClassVar[dict] = {**STREAMING_STATS, "stats_reset_on_change": False,
+                                          "stats_recall": True}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -196,8 +202,13 @@ class ZOA(AdaptMethod):
             bn_stats=tuple((m.to(self.device), v.to(self.device)) for m, v in fusion.bn_stats))
         self.store.publish(self._initial)
         self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
+        self.recall = StatsRecall(cfg.domain_t, cfg.detector_momentum, cfg.recall_window,
+                                  cfg.capacity) if self._fold_frames and cfg.stats_recall else None
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
+        # A loaded statistics memory this method does not use (stats_recall off), kept so that
+        # saving the bank again does not drop it.
+        self._dormant_recall: tuple = (None, ())
         self._momentum_buffer: torch.Tensor | None = None
         self._domain_changes = 0
         self._domain_id = 0
@@ -226,9 +237,13 @@ class ZOA(AdaptMethod):
     def bank_summary(self) -> dict:
         params = self.store.published
         k, p = params.entries, self.layout.size
-        return {"entries": k, "bytes": 4 * (k * p + k + 1), "capacity": self.cfg.capacity,
-                "params_per_entry": p, "layers": len(self.layout),
-                "domain_changes": self._domain_changes, "domain_id": self._domain_id}
+        summary = {"entries": k, "bytes": 4 * (k * p + k + 1), "capacity": self.cfg.capacity,
+                   "params_per_entry": p, "layers": len(self.layout),
+                   "domain_changes": self._domain_changes, "domain_id": self._domain_id}
+        if self.recall is not None:
+            summary.update(recall_entries=len(self.recall.entries), recalls=self.recall.recalls,
+                           recall_bytes=self.recall.nbytes)
+        return summary
 
     # ---- forward passes -------------------------------------------------------------------
     def _count(self, **amounts: int) -> None:
@@ -237,13 +252,15 @@ class ZOA(AdaptMethod):
                 setattr(self.costs, key, getattr(self.costs, key) + value)
 
     def _forward(self, x: torch.Tensor, params: ParamSet, norm: str, early: bool = False,
-                 collect_bn: bool = False, fold: bool = False) -> ForwardRecord:
+                 collect_bn: bool = False, fold: bool = False,
+                 recall: bool = False) -> ForwardRecord:
         """One full forward pass of ``x`` with ``params`` pinned for this thread; ``fold``
         (``running`` normalisation) also folds these frames into the running BatchNorm
-        estimate."""
+        estimate; ``recall`` lets the statistics memory swap that estimate after the stem."""
         x = x.to(self.device)
+        on_early = self._recall if recall and self.recall is not None else None
         with torch.no_grad(), self.store.using(params, norm, collect_bn, fold) as ctx:
-            features, early_stats = self.extractor.run(x, early=early)
+            features, early_stats = self.extractor.run(x, early=early, on_early=on_early)
             logits = self._shifted_logits(features, params)
         if ctx.frame_sink:
             rho, sink = self.cfg.frame_momentum, ctx.frame_sink
@@ -256,9 +273,21 @@ class ZOA(AdaptMethod):
         adaptation) also yields the detector statistics and, with the *frames* statistics
         rule, folds the frames into the running BatchNorm estimate."""
         rec = self._forward(x, self.store.published, self._predict_norm, early=observe,
-                            fold=observe and self._fold_frames)
+                            fold=observe and self._fold_frames, recall=observe)
         self._count(frames_predicted=x.shape[0])
         return rec
+
+    def _recall(self, early: EarlyStats, frames: int) -> None:
+        """Stem hook of an observed prediction: on a change to a remembered domain, normalise
+        this forward pass and the following ones with that domain's statistics."""
+        ctx = self.store.context()
+        stats = self.recall.observe(early, frames, ctx.params.bn_stats)
+        if stats is None:
+            return
+        ctx.params = ctx.params.replace(bn_stats=stats)
+        self.store.update_stats(lambda _current: stats)
+        log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
+                 len(self.recall.entries))
 
     def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
         if not self.cfg.shift or params.shift_h is None:
@@ -422,6 +451,8 @@ class ZOA(AdaptMethod):
             version = self.store.published.version + 1
             self.store.publish(self._initial.replace(version=version))
             self.detector.clear()
+            if self.recall is not None:
+                self.recall.clear()
             self.similarity = torch.zeros(0, 0, device=self.device)
             self._origins = []
             self._momentum_buffer = None
@@ -433,6 +464,7 @@ class ZOA(AdaptMethod):
         """A consistent snapshot of the persistent state (for :mod:`zoa_ros.core.bank_file`)."""
         with self._adapt_lock:
             p = self.store.published
+            keys, recall = self._dormant_recall if self.recall is None else self.recall.export()
             return BankState(
                 layers=self.layout.describe(), eps=p.eps.clone(), alpha=p.alpha.clone(),
                 entries=p.bank[1:].clone(), similarity=self.similarity.clone(),
@@ -443,7 +475,9 @@ class ZOA(AdaptMethod):
                 bn_names=tuple(self.bn_names),
                 bn_stats=tuple((m.clone(), v.clone()) for m, v in p.bn_stats),
                 domain_changes=self._domain_changes, domain_id=self._domain_id,
-                origins=tuple(self._origins) if len(self._origins) == p.entries else ())
+                origins=tuple(self._origins) if len(self._origins) == p.entries else (),
+                recall_keys=None if keys is None else (keys[0].clone(), keys[1].clone()),
+                recall_stats=tuple((m.clone(), v.clone()) for m, v in recall))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return self.export_bank().tensors()
@@ -452,7 +486,12 @@ class ZOA(AdaptMethod):
         """Validate ``state`` against this method, then swap it in atomically; on any mismatch
         raise ``ValueError`` and leave the running state untouched."""
         params = self._validated(state)
+        recall = self._validated_recall(state)
         with self._adapt_lock:
+            if self.recall is None:
+                self._dormant_recall = recall
+            else:
+                self.recall.load(*recall)
             params = params.replace(version=self.store.published.version + 1)
             det_mean, det_var = state.detector_mean, state.detector_var
             self.detector.mean = None if det_mean is None else det_mean.float().to(self.device)
@@ -462,6 +501,29 @@ class ZOA(AdaptMethod):
             self._momentum_buffer = None
             self._domain_changes, self._domain_id = state.domain_changes, state.domain_id
             self.store.publish(params)
+
+    def _validated_recall(self, state: BankState) -> tuple:
+        """The bank's statistics memory on this method's device, or ``ValueError``."""
+        if state.recall_keys is None:
+            return None, ()
+        mean, var = state.recall_keys
+        r, c = mean.shape[0] if mean.dim() == 2 else -1, self.extractor.early_channels
+        expect = [("recall.key_mean", mean, (r, c)), ("recall.key_var", var, (r, c))]
+        if len(state.recall_stats) != len(self.bn_names):
+            raise ValueError(f"bank statistics memory covers {len(state.recall_stats)} "
+                             f"BatchNorm layers, this model has {len(self.bn_names)}")
+        for i, (m, v) in enumerate(state.recall_stats):
+            n = self._initial.bn_stats[i][0].numel()
+            expect += [(f"recall.{i}.mean", m, (r, n)), (f"recall.{i}.var", v, (r, n))]
+        for key, tensor, shape in expect:
+            if r < 0 or tuple(tensor.shape) != shape:
+                raise ValueError(f"bank tensor {key!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {shape}")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"bank tensor {key!r} holds non-finite values")
+        dev = self.device
+        return ((mean.float().to(dev), var.float().to(dev)),
+                tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.recall_stats))
 
     def _validated(self, state: BankState) -> ParamSet:
         mine = [tuple(x) for x in self.layout.describe()]

@@ -1,0 +1,141 @@
+"""The streaming statistics memory: a revisited domain is normalised with its own statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoa_ros.core.adapt.params import RUNNING
+from zoa_ros.core.adapt.stats_recall import StatsRecall
+from zoa_ros.core.adapt.taps import EarlyStats
+from zoa_ros.core.adapt.zoa import ZOA
+from zoa_ros.core.bank_file import BankError, load, save
+
+STREAMING = {**ZOA.streaming_defaults, "detect": False}
+
+
+def _stem(frames: int, shift: float, seed: int) -> EarlyStats:
+    """Stem statistics of ``frames`` frames of a domain whose activations are offset by
+    ``shift`` (4 channels, 8 x 8 positions)."""
+    gen = torch.Generator().manual_seed(seed)
+    return EarlyStats.of(torch.randn(frames, 4, 8, 8, generator=gen) + shift, channel_dim=1)
+
+
+def _stats(value: float) -> tuple:
+    return ((torch.full((3,), value), torch.full((3,), 1.0 + value)),)
+
+
+def test_a_revisited_domain_gets_its_statistics_back():
+    memory = StatsRecall(threshold=0.2, momentum=0.36, window=16, capacity=4)
+    a, b = _stats(1.0), _stats(2.0)
+    # domain A: the watch settles, nothing to recall
+    assert all(memory.observe(_stem(16, 0.0, s), 16, a) is None for s in range(3))
+    # change to B (never seen): A is remembered, nothing recalled
+    assert memory.observe(_stem(16, 3.0, 10), 16, a) is None
+    assert len(memory.entries) == 1 and memory.recalls == 0
+    assert memory.observe(_stem(16, 3.0, 11), 16, b) is None
+    # back to A: B is remembered, A's statistics come back
+    recalled = memory.observe(_stem(16, 0.0, 20), 16, b)
+    assert recalled is not None and torch.equal(recalled[0][0], a[0][0])
+    assert memory.recalls == 1 and len(memory.entries) == 2
+
+
+def test_single_frames_are_pooled_to_the_window():
+    memory = StatsRecall(threshold=0.2, momentum=0.36, window=8, capacity=4)
+    for s in range(16):
+        memory.observe(_stem(1, 0.0, s), 1, _stats(1.0))
+    assert memory.watch.mean is not None
+    # 7 frames of a new domain are not enough for a test; the 8th completes the window
+    for s in range(7):
+        memory.observe(_stem(1, 3.0, 100 + s), 1, _stats(1.0))
+        assert not memory.entries
+    memory.observe(_stem(1, 3.0, 107), 1, _stats(1.0))
+    assert len(memory.entries) == 1
+
+
+def test_one_entry_per_domain_and_least_recently_used_goes_first():
+    memory = StatsRecall(threshold=0.2, momentum=0.36, window=16, capacity=2)
+    shifts = [0.0, 3.0, 0.0, 3.0, 6.0, 9.0]
+    for i, shift in enumerate(shifts):
+        memory.observe(_stem(16, shift, i), 16, _stats(shift))
+    # 0 and 3 were each stored once (re-stored, not duplicated); 6 pushed the oldest out
+    keys = [round(float(e.key_mean.mean())) for e in memory.entries]
+    assert keys == [3, 6]
+    with pytest.raises(ValueError):
+        StatsRecall(threshold=0.2, momentum=0.36, window=1, capacity=2)
+
+
+def _shifted(x: torch.Tensor, shift: float) -> torch.Tensor:
+    return x * (1.0 + shift) + shift
+
+
+def test_zoa_recalls_within_the_forward_pass_and_banks_the_memory(zoa_pack, zoa_images,
+                                                                  tmp_path):
+    pack = zoa_pack("test_resnet")
+    method = ZOA(pack.build_model(), pack, {**STREAMING, "recall_window": 8},
+                 torch.Generator().manual_seed(0))
+    assert method.recall is not None
+    x = zoa_images(pack, 16, size=64)
+    for _ in range(3):
+        method.predict_with_record(x[:8])
+    a_stats = method.params.bn_stats
+    for _ in range(3):
+        method.predict_with_record(_shifted(x[8:], 2.0))
+    assert len(method.recall.entries) == 1 and method.recall.recalls == 0
+    # the return to A is classified with A's stored statistics, already in this forward pass
+    expected = method._forward(x[:8], method.params.replace(bn_stats=a_stats), RUNNING).logits
+    logits, _ = method.predict_with_record(x[:8])
+    assert method.recall.recalls == 1
+    assert torch.allclose(logits, expected, atol=1e-5)
+    summary = method.bank_summary()
+    assert summary["recall_entries"] == 2 and summary["recall_bytes"] > 0
+
+    # the memory travels in the bank file; a fresh method gets the same entries
+    path = tmp_path / "bank.safetensors"
+    save(path, method, pack)
+    fresh = ZOA(pack.build_model(), pack, {**STREAMING, "recall_window": 8},
+                torch.Generator().manual_seed(0))
+    load(path, fresh, pack)
+    assert len(fresh.recall.entries) == 2
+    for mine, theirs in zip(method.recall.entries, fresh.recall.entries, strict=True):
+        assert torch.equal(mine.key_mean, theirs.key_mean)
+        assert all(torch.equal(m, n) for (m, _), (n, _) in zip(mine.stats, theirs.stats,
+                                                               strict=True))
+    # a batch-mode method keeps a loaded memory untouched and saves it again
+    batch = ZOA(pack.build_model(), pack, {"bn_stats": "batch"}, torch.Generator())
+    assert batch.recall is None
+    load(path, batch, pack)
+    again = tmp_path / "again.safetensors"
+    save(again, batch, pack)
+    load(again, fresh, pack)
+    assert len(fresh.recall.entries) == 2
+
+
+def test_a_bad_memory_in_a_bank_is_refused_and_the_running_one_kept(zoa_pack, zoa_images,
+                                                                   tmp_path):
+    pack = zoa_pack("test_resnet")
+    method = ZOA(pack.build_model(), pack, {**STREAMING, "recall_window": 8},
+                 torch.Generator().manual_seed(0))
+    x = zoa_images(pack, 8, size=64)
+    for shift in (0.0, 0.0, 2.0, 2.0):
+        method.predict_with_record(_shifted(x, shift))
+    state = method.export_bank()
+    keys = state.recall_keys
+    state.recall_keys = (keys[0][:, :-1], keys[1][:, :-1])    # wrong channel count
+    before = [e.key_mean.clone() for e in method.recall.entries]
+    with pytest.raises(ValueError, match=r"recall\.key_mean"):
+        method.import_bank(state)
+    assert len(before) == 1
+    assert all(torch.equal(e.key_mean, b) for e, b in zip(method.recall.entries, before,
+                                                           strict=True))
+    state.recall_keys = (keys[0].clone().fill_(float("nan")), keys[1])
+    with pytest.raises(ValueError, match="non-finite"):
+        method.import_bank(state)
+    path = tmp_path / "bad.safetensors"
+    save(path, method, pack)
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"\x00" * 8
+    path.write_bytes(bytes(data))
+    with pytest.raises(BankError):
+        load(path, method, pack)
+    assert len(method.recall.entries) == len(before)
