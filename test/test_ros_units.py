@@ -239,6 +239,7 @@ def test_engine_config_carries_the_statistics_settings() -> None:
     cfg = ZoaNode.engine_config(values.__getitem__, 1000).method_config
     assert (cfg["bn_stats"], cfg["frame_momentum"], cfg["stats_prior"]) == ("running", 0.01, 0.75)
     assert cfg["stats_reset_on_change"] is False
+    assert (cfg["stats_recall"], cfg["recall_window"]) == (True, 32)
     values["adaptation.stats_reset_on_change"] = True
     assert ZoaNode.engine_config(values.__getitem__, 1000).method_config[
         "stats_reset_on_change"] is True

@@ -319,6 +319,8 @@ class ZoaNode(LifecycleNode):
                 "frame_momentum": p("adaptation.frame_momentum"),
                 "stats_prior": p("adaptation.stats_prior"),
                 "stats_reset_on_change": p("adaptation.stats_reset_on_change"),
+                "stats_recall": p("adaptation.stats_recall"),
+                "recall_window": p("adaptation.recall_window"),
                 "min_adapt_batch": min_batch,
                 "detect_min_batch": p("adaptation.detect_min_batch") or batch,
                 "detect": p("adaptation.detect_domains"),

@@ -99,6 +99,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.stats_reset_on_change", False, "at a detected domain change, replace the "
          "running BatchNorm statistics by the adaptation batch's (helps when domains last under "
          "~100 frames; costs accuracy on longer ones)", read_only=True),
+    Spec("adaptation.stats_recall", True, "remember each domain's running BatchNorm statistics "
+         "and normalise with them again when the stream returns to that domain (tested on the "
+         "stem statistics of the classified frames)", read_only=True),
+    Spec("adaptation.recall_window", 32, "classified frames per test of that memory",
+         read_only=True, low=2, high=4096),
     Spec("adaptation.interval_frames", 32, "adapt after this many new frames", low=1,
          high=1000000),
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "
