@@ -20,7 +20,9 @@ from zoa_ros.core.labels import wnid_to_index
 from zoa_ros.core.preprocess import Preprocessor
 from zoa_ros.core.sample_photos import load_photo
 from zoa_ros.core.stream import CorruptionStream, order, subset
+from zoa_ros.tools import cli
 from zoa_ros.tools import evaluate as evaluate_tool
+from zoa_ros.tools.report import position_accuracy
 
 # photo -> an ImageNet class it shows
 CLASSES = {"chelsea": "n02123045", "coffee": "n03063599", "rocket": "n04266014",
@@ -110,6 +112,19 @@ def test_end_to_end_is_deterministic_and_reports(wnid_dir, vit, methods, tmp_pat
     report = (tmp_path / "report0" / "report.md").read_text()
     assert "| 2 | jpeg_compression | 20 |" in report and names[1] in report
     assert (tmp_path / "report0" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # accuracy by position in the domain: 20-frame domains are a 16-frame and a 4-frame chunk
+    for name in names:
+        r = first["methods"][name]
+        for rnd in r["rounds"]:
+            head, second, rest = position_accuracy(r)[rnd["round"]]
+            assert rest is None
+            assert (16 * head + 4 * second) / 20 == pytest.approx(rnd["mean_acc"])
+    assert "## Accuracy (%) by position in the domain" in report
+    # the report renders again from the saved JSON, identically
+    assert cli.main(["report", str(tmp_path / "run0.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").read_text() == report
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert cli.main(["report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_streaming_mode_and_limit(wnid_dir, vit, methods, tmp_path) -> None:

@@ -1,8 +1,11 @@
-"""Markdown table and accuracy plot of an evaluation result (``evaluation.evaluate`` output)."""
+"""Markdown table and accuracy plot of an evaluation result (``evaluation.evaluate`` output);
+``zoa-ros report RESULT.json --out DIR`` renders them again from a saved result."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,7 @@ def markdown(result: dict) -> str:
         lines.append(_row(["**all**", *[f"**{_fmt(runs[m]['mean_acc'], '{:.2f}')}**"
                                         for m in methods]]))
         lines += _recovery_table(result)
+        lines += _position_table(result)
     else:
         lines += ["", "No labels: the numbers below need none. Agreement is with the "
                   "unadapted model `none` on the same frames; entropy is the mean prediction "
@@ -203,6 +207,39 @@ def _recovery_table(result: dict) -> list[str]:
     return lines
 
 
+def position_accuracy(run: dict) -> dict[int, list[float | None]]:
+    """Accuracy per round of the frames in the first chunk of each domain, the second chunk,
+    and the rest (a chunk: ``batch_size`` frames; the curve's chunks never span two domains)."""
+    bounds = np.cumsum([d["frames"] for d in run["domains"]])
+    rounds = [d["round"] for d in run["domains"]]
+    totals: dict[int, np.ndarray] = {}
+    start, segment, position = 0, -1, 0
+    for end, acc in zip(run["curve"]["frames"], run["curve"]["acc"], strict=True):
+        here = int(np.searchsorted(bounds, start, side="right"))
+        position = position + 1 if here == segment else 0
+        segment = here
+        bins = totals.setdefault(rounds[here], np.zeros((3, 2)))
+        bins[min(position, 2)] += (acc * (end - start) / 100.0, end - start)
+        start = end
+    return {r: [100.0 * c / n if n else None for c, n in bins] for r, bins in totals.items()}
+
+
+def _position_table(result: dict) -> list[str]:
+    runs, methods = result["methods"], list(result["methods"])
+    if any(not r.get("domains") or r["curve"].get("acc") is None for r in runs.values()):
+        return []
+    b = result.get("config", {}).get("batch_size", "?")
+    lines = ["", "## Accuracy (%) by position in the domain", "",
+             f"Frames in the first chunk of each domain ({b} frames after the change), the "
+             "second chunk, and the rest of the domain, per round.", "",
+             _row(["method", "round", f"first {b}", f"next {b}", "rest"]),
+             _row(["---", "---:", "---:", "---:", "---:"])]
+    for m in methods:
+        for r, accs in sorted(position_accuracy(runs[m]).items()):
+            lines.append(_row([m, r, *[_fmt(a, "{:.2f}") for a in accs]]))
+    return lines
+
+
 def _fmt(value: object, fmt: str) -> str:
     return "—" if value is None else fmt.format(value)
 
@@ -277,3 +314,25 @@ def _colours() -> list[str]:
 
 def _row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="render the Markdown report and plot of a saved "
+                       "evaluate / replay result (its --json file) again")
+    p.add_argument("result", help="the JSON an evaluate or replay run wrote with --json")
+    p.add_argument("--out", required=True, help="folder for report.md and the plot")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.result)
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON result ({e})") from e
+    if not isinstance(result, dict) or not isinstance(result.get("methods"), dict):
+        raise ValueError(f"{path}: not an evaluate or replay result (no 'methods' object)")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for written in write_report(result, args.out):
+        print(written)
+    return 0
