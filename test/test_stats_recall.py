@@ -139,3 +139,18 @@ def test_a_bad_memory_in_a_bank_is_refused_and_the_running_one_kept(zoa_pack, zo
     with pytest.raises(BankError):
         load(path, method, pack)
     assert len(method.recall.entries) == len(before)
+
+
+def test_streaming_mode_turns_the_memory_on(zoa_pack):
+    """On by default where single frames use running statistics; off in batch mode, off for
+    LayerNorm models, and off when asked."""
+    from zoa_ros.core.engine import Engine
+
+    bn, ln = zoa_pack("test_resnet"), zoa_pack("test_vit")
+    assert Engine(bn, method="zoa", mode="streaming").method.recall is not None
+    assert Engine(bn, method="zoa", mode="batch").method.recall is None
+    assert Engine(ln, method="zoa", mode="streaming").method.recall is None
+    assert Engine(bn, method="zoa", mode="streaming",
+                  method_config={"stats_recall": False}).method.recall is None
+    with pytest.raises(ValueError, match="recall_window"):
+        Engine(bn, method="zoa", mode="streaming", method_config={"recall_window": 1})

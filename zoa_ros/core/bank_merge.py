@@ -14,8 +14,9 @@ Semantics (:func:`merge_banks`):
   convention as ``reset_to_source(keep_bank=True)``. There is no compensation step: no current
   output has to be preserved.
 * Detector state and shift history are dropped (the first live batch starts them); BatchNorm
-  test statistics are dropped too (loading starts from the pack's source statistics). Counters
-  start at 0. Similarity is recomputed for the merged entries.
+  test statistics are dropped too (loading starts from the pack's source statistics), and so
+  are the statistics memories (``stats_recall``): they hold each robot's own camera statistics.
+  Counters start at 0. Similarity is recomputed for the merged entries.
 * Per-entry provenance is kept (robot, mission, created, domain id); ``source`` becomes the
   input file each entry was taken from. Entries of old files without provenance get only that.
 
