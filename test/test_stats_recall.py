@@ -154,3 +154,26 @@ def test_streaming_mode_turns_the_memory_on(zoa_pack):
                   method_config={"stats_recall": False}).method.recall is None
     with pytest.raises(ValueError, match="recall_window"):
         Engine(bn, method="zoa", mode="streaming", method_config={"recall_window": 1})
+
+
+def test_reset_keeps_the_memory_with_the_bank(zoa_pack, zoa_images):
+    from zoa_ros.core.controls import reset_to_source
+    from zoa_ros.core.engine import Engine
+
+    pack = zoa_pack("test_resnet")
+    engine = Engine(pack, method="zoa", mode="streaming",
+                    method_config={"recall_window": 8, "detect": False})
+    method = engine.method
+    x = zoa_images(pack, 8, size=64)
+    for shift in (0.0, 0.0, 2.0, 2.0, 0.0):
+        method.predict_with_record(_shifted(x, shift))
+    assert len(method.recall.entries) == 2 and method.recall.recalls == 1
+    keys = [e.key_mean.clone() for e in method.recall.entries]
+    reset_to_source(engine, keep_bank=True)
+    assert all(torch.equal(e.key_mean, k)
+               for e, k in zip(method.recall.entries, keys, strict=True))
+    assert method.recall.watch.mean is None    # the current domain starts over
+    assert all(torch.equal(m, n) for (m, _), (n, _) in zip(method.params.bn_stats,
+                                                           method._initial.bn_stats, strict=True))
+    reset_to_source(engine, keep_bank=False)
+    assert not method.recall.entries

@@ -64,10 +64,10 @@ def reset_to_source(engine: Engine, keep_bank: bool = True) -> int:
     """Back to the source model's outputs; returns the bank entries kept.
 
     ``keep_bank=False`` (or a method without a bank): :meth:`Engine.reset` - the in-memory bank
-    is emptied too. ``keep_bank=True``: the stored domain entries, their mixing logits α and
-    the similarity matrix survive; ε is set to minus the bank mixture so that the effective
-    parameters equal the source ones; the detector, shift history and test statistics start
-    over. Files on disk are never touched.
+    is emptied too. ``keep_bank=True``: the stored domain entries, their mixing logits α, the
+    similarity matrix and the statistics memory (``stats_recall``) survive; ε is set to minus
+    the bank mixture so that the effective parameters equal the source ones; the detector,
+    shift history and running test statistics start over. Files on disk are never touched.
     """
     method = engine.method
     if not keep_bank or not hasattr(method, "export_bank"):
@@ -76,13 +76,16 @@ def reset_to_source(engine: Engine, keep_bank: bool = True) -> int:
     before = method.export_bank()
     engine.reset()
     kept = int(before.entries.shape[0]) if before.entries.dim() == 2 else 0
-    if kept == 0:
+    if kept == 0 and before.recall_keys is None:
         return 0
-    fresh = method.export_bank()
-    bank = torch.cat([before.entries.new_zeros(1, before.entries.shape[1]), before.entries])
-    mixture = torch.softmax(float(before.alpha_scale) * before.alpha, dim=0) @ bank
-    method.import_bank(dataclasses.replace(
-        fresh, eps=-mixture, alpha=before.alpha.clone(), entries=before.entries.clone(),
-        similarity=before.similarity.clone(), domain_changes=before.domain_changes,
-        domain_id=before.domain_id, origins=before.origins))
+    state = dataclasses.replace(method.export_bank(), recall_keys=before.recall_keys,
+                                recall_stats=before.recall_stats)
+    if kept:
+        bank = torch.cat([before.entries.new_zeros(1, before.entries.shape[1]), before.entries])
+        mixture = torch.softmax(float(before.alpha_scale) * before.alpha, dim=0) @ bank
+        state = dataclasses.replace(
+            state, eps=-mixture, alpha=before.alpha.clone(), entries=before.entries.clone(),
+            similarity=before.similarity.clone(), domain_changes=before.domain_changes,
+            domain_id=before.domain_id, origins=before.origins)
+    method.import_bank(state)
     return kept
