@@ -534,7 +534,8 @@ def test_diagnostics_report_everything(setup) -> None:
     for key in ("state", "health", "reasons", "frames_classified", "inference_latency_p50_ms",
                 "inference_latency_p99_ms", "malformed_messages", "dropped_frames",
                 "adaptation_enabled", "adaptation_steps", "last_step_ms", "domain_changes",
-                "bank_entries", "bank_bytes", "resets"):
+                "bank_entries", "bank_bytes", "statistics_memory_entries",
+                "statistics_recalls", "resets"):
         assert key in main, key
     assert main["state"] == "active" and float(main["inference_latency_p99_ms"]) > 0
     assert float(main["last_step_ms"]) > 0 and int(main["adaptation_steps"]) > 0

@@ -168,6 +168,7 @@ def test_reset_keeps_the_memory_with_the_bank(zoa_pack, zoa_images):
     for shift in (0.0, 0.0, 2.0, 2.0, 0.0):
         method.predict_with_record(_shifted(x, shift))
     assert len(method.recall.entries) == 2 and method.recall.recalls == 1
+    assert (engine.stats().recall_entries, engine.stats().recalls) == (2, 1)
     keys = [e.key_mean.clone() for e in method.recall.entries]
     reset_to_source(engine, keep_bank=True)
     assert all(torch.equal(e.key_mean, k)

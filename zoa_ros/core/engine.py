@@ -159,6 +159,8 @@ class EngineStats:
     domain_id: int | None
     bank_entries: int
     bank_bytes: int
+    recall_entries: int         # domains in the statistics memory (ZOA stats_recall)
+    recalls: int                # times a revisited domain got its statistics back
     last_step_ms: float
     mean_step_ms: float
     mean_predict_ms: float      # per predict()/run_batch() call
@@ -517,6 +519,8 @@ class Engine:
                 forward_per_frame=c["samples_forwarded"] / frames if frames else 0.0,
                 domain_changes=self.domain_changes, domain_id=self.domain_id,
                 bank_entries=int(bank.get("entries", 0)), bank_bytes=int(bank.get("bytes", 0)),
+                recall_entries=int(bank.get("recall_entries", 0)),
+                recalls=int(bank.get("recalls", 0)),
                 last_step_ms=self._last_step_ms,
                 mean_step_ms=self._step_ms_total / steps if steps else 0.0,
                 mean_predict_ms=self._predict_ms_total / calls if calls else 0.0,

@@ -72,6 +72,8 @@ class Snapshot:
     domain: int = 0
     bank_entries: int = 0
     bank_bytes: int = 0
+    recall_entries: int = 0
+    recalls: int = 0
     resets: int = 0
     autosave_blocked: str = ""
     model: str = ""
@@ -155,6 +157,8 @@ class DiagnosticsTracker:
             "domain": snap.domain,
             "bank_entries": snap.bank_entries,
             "bank_bytes": snap.bank_bytes,
+            "statistics_memory_entries": snap.recall_entries,
+            "statistics_recalls": snap.recalls,
             "resets": snap.resets,
         })
         statuses = [main]

@@ -688,6 +688,7 @@ class ZoaNode(LifecycleNode):
             snap.domain = stats.domain_id or 0
             snap.bank_entries = stats.bank_entries
             snap.bank_bytes = stats.bank_bytes
+            snap.recall_entries, snap.recalls = stats.recall_entries, stats.recalls
             snap.resets = stats.resets
             snap.model = f"{engine.pack.spec.name} {engine.pack.quant.name}"
         return snap
