@@ -109,6 +109,10 @@ def test_zoa_recalls_within_the_forward_pass_and_banks_the_memory(zoa_pack, zoa_
     save(again, batch, pack)
     load(again, fresh, pack)
     assert len(fresh.recall.entries) == 2
+    batch.reset()                              # a reset empties it with the rest of the bank
+    save(again, batch, pack)
+    load(again, fresh, pack)
+    assert not fresh.recall.entries
 
 
 def test_a_bad_memory_in_a_bank_is_refused_and_the_running_one_kept(zoa_pack, zoa_images,

@@ -142,6 +142,5 @@ class StatsRecall:
     @property
     def nbytes(self) -> int:
         """Memory of the stored entries (float32)."""
-        per = sum(4 * (e.key_mean.numel() + e.key_var.numel()
-                       + sum(m.numel() + v.numel() for m, v in e.stats)) for e in self.entries)
-        return per
+        return sum(4 * (e.key_mean.numel() + e.key_var.numel()
+                        + sum(m.numel() + v.numel() for m, v in e.stats)) for e in self.entries)

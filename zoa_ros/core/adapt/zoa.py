@@ -455,6 +455,7 @@ class ZOA(AdaptMethod):
             self.detector.clear()
             if self.recall is not None:
                 self.recall.clear()
+            self._dormant_recall = (None, ())
             self.similarity = torch.zeros(0, 0, device=self.device)
             self._origins = []
             self._momentum_buffer = None
