@@ -90,6 +90,7 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
     if missing:
         raise BankError(f"{name}: bank lacks tensors {missing}")
     bn = meta.get("bn_layers", [])
+    recall = "recall.key_mean" in tensors     # a statistics memory (stats_recall) is stored
     try:
         state = BankState(
             layers=[(d["name"], d["kind"], int(d["channels"])) for d in meta["layers"]],
@@ -103,9 +104,9 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
             domain_id=int(meta.get("domain_id", 0)),
             origins=_origins(meta.get("entry_provenance")),
             recall_keys=(tensors["recall.key_mean"], tensors["recall.key_var"])
-            if "recall.key_mean" in tensors else None,
+            if recall else None,
             recall_stats=tuple((tensors[f"recall.{i}.mean"], tensors[f"recall.{i}.var"])
-                               for i in range(len(bn))) if "recall.key_mean" in tensors else ())
+                               for i in range(len(bn))) if recall else ())
         state.entry_origins()
     except (KeyError, TypeError, ValueError) as e:
         raise BankError(f"{name}: incomplete bank metadata or tensors ({e!r})") from e
