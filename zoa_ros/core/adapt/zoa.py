@@ -511,19 +511,14 @@ class ZOA(AdaptMethod):
             return None, ()
         mean, var = state.recall_keys
         r, c = mean.shape[0] if mean.dim() == 2 else -1, self.extractor.early_channels
-        expect = [("recall.key_mean", mean, (r, c)), ("recall.key_var", var, (r, c))]
+        expect = {"recall.key_mean": (mean, (r, c)), "recall.key_var": (var, (r, c))}
         if len(state.recall_stats) != len(self.bn_names):
             raise ValueError(f"bank statistics memory covers {len(state.recall_stats)} "
                              f"BatchNorm layers, this model has {len(self.bn_names)}")
         for i, (m, v) in enumerate(state.recall_stats):
             n = self._initial.bn_stats[i][0].numel()
-            expect += [(f"recall.{i}.mean", m, (r, n)), (f"recall.{i}.var", v, (r, n))]
-        for key, tensor, shape in expect:
-            if r < 0 or tuple(tensor.shape) != shape:
-                raise ValueError(f"bank tensor {key!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {shape}")
-            if not torch.isfinite(tensor).all():
-                raise ValueError(f"bank tensor {key!r} holds non-finite values")
+            expect[f"recall.{i}.mean"], expect[f"recall.{i}.var"] = (m, (r, n)), (v, (r, n))
+        _check_tensors(expect, valid=r >= 0)
         dev = self.device
         return ((mean.float().to(dev), var.float().to(dev)),
                 tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.recall_stats))
@@ -557,12 +552,7 @@ class ZOA(AdaptMethod):
         for i, (m, v) in enumerate(state.bn_stats):
             n = self.store.published.bn_stats[i][0].numel()
             expect[f"bn.{i}.mean"], expect[f"bn.{i}.var"] = (m, (n,)), (v, (n,))
-        for key, (tensor, shape) in expect.items():
-            if k < 0 or tuple(tensor.shape) != shape:
-                raise ValueError(f"bank tensor {key!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {shape}")
-            if not torch.isfinite(tensor).all():
-                raise ValueError(f"bank tensor {key!r} holds non-finite values")
+        _check_tensors(expect, valid=k >= 0)
         if k > self.cfg.capacity:
             raise ValueError(f"bank holds {k} entries but capacity is {self.cfg.capacity}; "
                              "raise 'capacity'")
@@ -574,3 +564,16 @@ class ZOA(AdaptMethod):
             shift_h=None if state.shift_h is None else state.shift_h.float().to(dev),
             bn_stats=self._initial.bn_stats if source_bn else
             tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.bn_stats))
+
+
+def _check_tensors(expect: dict[str, tuple[torch.Tensor, tuple[int, ...]]],
+                   valid: bool = True) -> None:
+    """``ValueError`` naming the first bank tensor of ``expect`` (name -> (tensor, shape)) with
+    another shape or a non-finite value; ``valid`` False (the entry count itself is malformed)
+    fails on the first tensor."""
+    for key, (tensor, shape) in expect.items():
+        if not valid or tuple(tensor.shape) != shape:
+            raise ValueError(f"bank tensor {key!r} has shape {tuple(tensor.shape)}, "
+                             f"expected {shape}")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"bank tensor {key!r} holds non-finite values")
