@@ -83,61 +83,6 @@ def test_the_stored_statistics_hold_none_of_the_next_domain():
     assert stored < 1.0 and min(abs(stored - v) for v in before_b) < 1e-6
 
 
-def _moments(frames: int, shift: float, seed: int) -> dict:
-    """One BatchNorm's per-frame input moments ``(mean, mean of squares)``, 3 channels."""
-    gen = torch.Generator().manual_seed(seed)
-    means = torch.randn(frames, 3, generator=gen) + shift
-    return {0: (means, means * means + 1.0)}
-
-
-def test_an_unknown_domain_restarts_the_estimate_from_its_own_frames():
-    memory = StatsRecall(threshold=0.2, momentum=0.36, window=8, capacity=4, restart=True)
-    for i in range(16):                                   # domain A: no change, no restart
-        memory.observe(_stem(1, 0.0, i), 1, _stats(1.0))
-        assert memory.accumulate(_moments(1, 0.0, i)) is None
-    sinks = [_moments(1, 3.0, 100 + i) for i in range(8)]
-    for i, sink in enumerate(sinks):                      # domain B, never seen
-        assert memory.observe(_stem(1, 3.0, 100 + i), 1, _stats(1.0)) is None
-        estimate = memory.accumulate(sink)
-        assert (estimate is None) == (i < 7)
-    # the window's own mean and variance over its 8 frames, nothing of A's
-    means = torch.cat([sk[0][0] for sk in sinks])
-    squares = torch.cat([sk[0][1] for sk in sinks])
-    mean = means.mean(dim=0)
-    assert torch.allclose(estimate[0][0], mean)
-    assert torch.allclose(estimate[0][1], squares.mean(dim=0) - mean * mean)
-    assert memory.restarts == 1 and memory.recalls == 0
-    # a return to A is recalled, not restarted; without ``restart`` nothing is summed
-    for i in range(8):
-        memory.observe(_stem(1, 0.0, 200 + i), 1, _stats(2.0))
-        assert memory.accumulate(_moments(1, 0.0, 200 + i)) is None
-    assert memory.recalls == 1 and memory.restarts == 1
-    assert StatsRecall(0.2, 0.36, 8, 4).accumulate(sinks[0]) is None
-
-
-def test_zoa_restarts_an_unknown_domain_from_its_frames_alone(zoa_pack, zoa_images):
-    """After the restart the first BatchNorm's estimate depends only on the new domain's
-    frames: two streams with different histories agree on it; without the restart they do
-    not. (Deeper layers' inputs were normalised by the layers before them with each history's
-    estimate, so theirs differ until the frames rule has followed the new domain.)"""
-    pack = zoa_pack("test_resnet")
-    x = zoa_images(pack, 8, size=64)
-
-    def after_change(history: float, restart: bool) -> tuple:
-        method = ZOA(pack.build_model(), pack,
-                     {**STREAMING, "recall_window": 8, "stats_restart": restart},
-                     torch.Generator().manual_seed(0))
-        for shift in (history, history, 4.0):
-            for i in range(8):
-                method.predict_with_record(_shifted(x[i:i + 1], shift))
-        assert method.bank_summary()["restarts"] == int(restart)
-        return method.params.bn_stats[0]
-
-    for restart in (True, False):
-        (m, v), (n, w) = after_change(0.0, restart), after_change(1.0, restart)
-        assert (torch.allclose(m, n, atol=1e-5) and torch.allclose(v, w, atol=1e-4)) == restart
-
-
 def _shifted(x: torch.Tensor, shift: float) -> torch.Tensor:
     return x * (1.0 + shift) + shift
 

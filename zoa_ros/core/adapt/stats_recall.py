@@ -25,11 +25,8 @@ frames. On a change it
    ``threshold`` gives the statistics to normalise with from now on - already for the frames
    whose forward pass is running (:meth:`observe` runs in the stem's forward hook).
 
-No entry within the threshold (a domain not seen before): with ``restart`` the running
-estimate restarts from the frames of the window that detected the change - their own mean and
-mean of squares at every BatchNorm, summed as they are folded (:meth:`accumulate`) - and then
-follows the new domain by the frames rule; without it the estimate is kept and follows by the
-frames rule alone. The memory costs no forward pass.
+No entry within the threshold (a domain not seen before): the running estimate is kept and
+follows the new domain by the frames rule. The memory costs no forward pass.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ from dataclasses import dataclass
 
 import torch
 
-from zoa_ros.core.adapt.bn_stats import Sink
 from zoa_ros.core.adapt.detector import DomainDetector, jeffreys
 from zoa_ros.core.adapt.params import BnStats
 from zoa_ros.core.adapt.taps import EarlyStats
@@ -58,21 +54,15 @@ class RecallEntry:
 class StatsRecall:
     """Per-domain memory of BatchNorm test statistics, keyed by stem statistics."""
 
-    def __init__(self, threshold: float, momentum: float, window: int, capacity: int,
-                 restart: bool = False) -> None:
+    def __init__(self, threshold: float, momentum: float, window: int, capacity: int) -> None:
         if window < 2:
             raise ValueError(f"recall_window must be >= 2, not {window}")
         self.threshold = float(threshold)
         self.window = int(window)
         self.capacity = int(capacity)
-        self.restart = bool(restart)
         self.watch = DomainDetector(threshold, momentum, min_batch=self.window)
         self.entries: list[RecallEntry] = []
         self.recalls = 0
-        self.restarts = 0
-        self._sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # this window's frames
-        self._sum_frames = 0
-        self._restart_due = False
         self._pending: EarlyStats | None = None
         self._pending_frames = 0
         self._starts: deque[RecallEntry] = deque(maxlen=2)   # the last two windows' starts
@@ -83,10 +73,8 @@ class StatsRecall:
         the running estimate they are about to be normalised with. Returns the statistics to
         use instead (a recalled domain), or ``None`` to keep ``current``."""
         with self._lock:
-            if self._pending is None:                                   # a window starts
-                self._sums, self._sum_frames = {}, 0
-                if self.watch.mean is not None:
-                    self._starts.append(RecallEntry(self.watch.mean, self.watch.var, current))
+            if self._pending is None and self.watch.mean is not None:   # a window starts
+                self._starts.append(RecallEntry(self.watch.mean, self.watch.var, current))
             if frames < self.window:
                 early = early if self._pending is None else self._pending + early
                 frames += self._pending_frames
@@ -100,33 +88,7 @@ class StatsRecall:
             if self._starts:
                 self._remember(self._starts[0])
             self._starts.clear()
-            recalled = self._lookup(mean, var)
-            self._restart_due = self.restart and recalled is None
-            return recalled
-
-    def accumulate(self, sink: Sink) -> Sink | None:
-        """Add an observed prediction's per-frame BatchNorm input moments (a fused BatchNorm's
-        ``frame_sink``) to the window's sums. After a change to an unknown domain
-        (``restart``) returns the window's own estimate, ``{layer: (mean, var)}``, to restart
-        the running one from; otherwise ``None``."""
-        if not self.restart or not sink:
-            return None
-        with self._lock:
-            for i, (means, squares) in sink.items():
-                total = (means.sum(dim=0), squares.sum(dim=0))
-                old = self._sums.get(i)
-                self._sums[i] = total if old is None else (old[0] + total[0], old[1] + total[1])
-            self._sum_frames += next(iter(sink.values()))[0].shape[0]
-            if not self._restart_due:
-                return None
-            self._restart_due = False
-            self.restarts += 1
-            n = self._sum_frames
-            estimate = {}
-            for i, (mean_sum, square_sum) in self._sums.items():
-                mean = mean_sum / n
-                estimate[i] = (mean, (square_sum / n - mean * mean).clamp(min=0))
-            return estimate
+            return self._lookup(mean, var)
 
     def _nearest(self, mean: torch.Tensor, var: torch.Tensor) -> int | None:
         distances = [jeffreys(e.key_mean, e.key_var, mean, var) for e in self.entries]
@@ -179,16 +141,14 @@ class StatsRecall:
             self.watch.clear()
             self._pending, self._pending_frames = None, 0
             self._starts.clear()
-            self._restart_due = False
 
     def clear(self) -> None:
         with self._lock:
             self.watch.clear()
             self.entries = []
-            self.recalls = self.restarts = 0
+            self.recalls = 0
             self._pending, self._pending_frames = None, 0
             self._starts.clear()
-            self._restart_due = False
 
     @property
     def nbytes(self) -> int:

@@ -54,7 +54,6 @@ from zoa_ros.core.adapt.bank import BankState, EntryOrigin, origins_after_save, 
 from zoa_ros.core.adapt.base import AdaptMethod
 from zoa_ros.core.adapt.bn_stats import (
     STREAMING_STATS,
-    Sink,
     StatsConfig,
     check_momenta,
     fold_batch,
@@ -105,7 +104,6 @@ class ZOAConfig(StatsConfig):
     stats_reset_on_change: bool = True
     stats_recall: bool = False          # per-domain memory of the running BN statistics
     recall_window: int = 32             # frames per stem-statistics test of that memory
-    stats_restart: bool = False         # an unknown domain restarts the estimate from its frames
     layers: str | list[str] = "auto"
     block_start: int = 1
     block_end_fraction: float | None = None
@@ -207,8 +205,7 @@ class ZOA(AdaptMethod):
         self.store.publish(self._initial)
         self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
         self.recall = StatsRecall(cfg.domain_t, cfg.detector_momentum, cfg.recall_window,
-                                  cfg.capacity, cfg.stats_restart) \
-            if self._fold_frames and cfg.stats_recall else None
+                                  cfg.capacity) if self._fold_frames and cfg.stats_recall else None
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         # A loaded statistics memory this method does not use (stats_recall off), kept so that
@@ -247,7 +244,7 @@ class ZOA(AdaptMethod):
                    "domain_changes": self._domain_changes, "domain_id": self._domain_id}
         if self.recall is not None:
             summary.update(recall_entries=len(self.recall.entries), recalls=self.recall.recalls,
-                           recall_bytes=self.recall.nbytes, restarts=self.recall.restarts)
+                           recall_bytes=self.recall.nbytes)
         return summary
 
     # ---- forward passes -------------------------------------------------------------------
@@ -270,8 +267,6 @@ class ZOA(AdaptMethod):
         if ctx.frame_sink:
             rho, sink = self.cfg.frame_momentum, ctx.frame_sink
             self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
-            if on_early is not None:
-                self._restart(sink)
         self._count(forward_passes=1)
         return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
 
@@ -295,17 +290,6 @@ class ZOA(AdaptMethod):
         self.store.update_stats(lambda _current: stats)
         log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
                  len(self.recall.entries))
-
-    def _restart(self, sink: Sink) -> None:
-        """After an observed prediction: on a change to an unknown domain, restart the running
-        estimate from the frames of the window that detected it."""
-        estimate = self.recall.accumulate(sink)
-        if estimate is None:
-            return
-        self.store.update_stats(
-            lambda stats: tuple(estimate.get(i, layer) for i, layer in enumerate(stats)))
-        log.info("restarted the BatchNorm statistics from an unknown domain's first %d frames",
-                 self.recall.window)
 
     def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
         if not self.cfg.shift or params.shift_h is None:
