@@ -1,22 +1,31 @@
-"""Keep freed memory in the process, so classifying a frame does not page its activations in
-again every time.
+"""Keep freed memory in the process, so a forward pass does not page its activations in again
+every time.
 
 With glibc's default settings malloc gives every block above its mmap threshold a fresh
 ``mmap`` and unmaps it on free, and returns free memory at the top of a heap to the OS once it
 exceeds the trim threshold (128 KiB at start; glibc raises both after a large block is freed,
-to that block's size and twice it). A CNN that classifies one frame allocates and frees
-activations of several MB in its first layers, so its forward passes keep handing memory back
-and page-faulting it in again (thousands of page faults per single-frame forward pass of
-EfficientNet-Lite0, none with the thresholds raised: test/test_allocator.py counts them),
-and the kernel zeroes every page on its first touch. What that costs in latency: docs/RESULTS.md
-§4.
+to that block's size and twice it). A CNN allocates and frees activations of several MB per
+frame in its first layers (hundreds of MB per tensor for a 64-frame adaptation batch), so its
+forward passes keep handing memory back and page-faulting it in again, and the kernel zeroes
+every page on its first touch: thousands of page faults per single-frame forward pass of
+EfficientNet-Lite0 (none with the settings below; test/test_allocator.py counts them), and on
+a 64-frame batch the page faults cost more than the arithmetic (docs/RESULTS.md §2.6). What it
+costs in the node's latency: docs/RESULTS.md §4.
 
-:func:`keep_freed_memory` raises both thresholds with ``mallopt``. Blocks up to 32 MiB (a
-frame's activations; not an adaptation batch's) then come from the heap and stay there when
-freed, up to 256 MiB of free heap per arena. Written here rather than taken from a library: the
-allocators that do this out of the box (jemalloc, tcmalloc) must be preloaded with
-``LD_PRELOAD`` before the process starts, which a ROS node launched by others cannot rely on;
-``mallopt`` is two calls at run time. It is process-wide and cannot be undone.
+:func:`keep_freed_memory` sets, with ``mallopt``:
+
+* the mmap threshold to 32 MiB (the largest glibc accepts), so a frame's activations come
+  from the heap; and no mmap'd blocks at all in the main heap (``M_MMAP_MAX`` 0), so an
+  adaptation batch's larger ones do too. A thread's own heap cannot hold a block above 64 MiB;
+  glibc maps those whatever the setting, so batches adapt fastest on the main thread;
+* the trim threshold to 1 GiB: up to that much free memory stays at the top of a heap (an
+  adaptation step of EfficientNet-Lite0 on 64 frames peaks at about 1.1 GiB of tensors).
+
+The process's resident memory therefore stays near its high-water mark instead of falling back
+between steps. Written here rather than taken from a library: the allocators that do this out
+of the box (jemalloc, tcmalloc) must be preloaded with ``LD_PRELOAD`` before the process
+starts, which a ROS node launched by others cannot rely on; ``mallopt`` is three calls at run
+time. It is process-wide and cannot be undone.
 """
 
 from __future__ import annotations
@@ -27,18 +36,20 @@ import threading
 
 M_TRIM_THRESHOLD = -1          # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 << 20      # the largest glibc accepts on 64-bit systems
-TRIM_THRESHOLD = 256 << 20
+MMAP_MAX = 0                   # blocks above it come from the heap too
+TRIM_THRESHOLD = 1 << 30       # mallopt takes an int
 
 _lock = threading.Lock()
 _applied = False
 
 
 def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
-                      trim_threshold: int = TRIM_THRESHOLD) -> bool:
-    """Raise glibc's mmap and trim thresholds for this process; ``True`` once they are set
-    (now or by an earlier call), ``False`` where the C library has no glibc ``mallopt`` or
-    refuses a value (nothing is changed then, or only the first threshold)."""
+                      trim_threshold: int = TRIM_THRESHOLD, mmap_max: int = MMAP_MAX) -> bool:
+    """Raise glibc's mmap and trim thresholds and cap its mmap'd blocks for this process;
+    ``True`` once they are set (now or by an earlier call), ``False`` where the C library has
+    no glibc ``mallopt`` or refuses a value (then the settings before it are kept)."""
     global _applied
     with _lock:
         if _applied:
@@ -49,7 +60,8 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
             return False
         mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
         _applied = (mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
-                    and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1)
+                    and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+                    and mallopt(M_MMAP_MAX, mmap_max) == 1)
         return _applied
 
 
