@@ -65,6 +65,24 @@ def test_one_entry_per_domain_and_least_recently_used_goes_first():
         StatsRecall(threshold=0.2, momentum=0.36, window=1, capacity=2)
 
 
+def test_the_stored_statistics_hold_none_of_the_next_domain():
+    """A change that begins late in a window fires a window later; by then the new domain's
+    frames are in the running estimate. The entry keeps the estimate from before them."""
+    memory = StatsRecall(threshold=0.2, momentum=0.36, window=8, capacity=4)
+    estimate, before_b = 0.0, set()
+    for i in range(40):
+        in_b = i >= 29                       # B begins at the 6th frame of the 4th window
+        if not in_b or i == 29:
+            before_b.add(estimate)           # what the A frames (and B's first) see
+        memory.observe(_stem(1, 3.0 if in_b else 0.0, i), 1, _stats(estimate))
+        estimate = 0.9 * estimate + 0.1 * (10.0 if in_b else float(i % 2))   # the frames rule
+        if memory.entries:
+            break
+    assert len(memory.entries) == 1
+    stored = float(memory.entries[0].stats[0][0][0])
+    assert stored < 1.0 and min(abs(stored - v) for v in before_b) < 1e-6
+
+
 def _shifted(x: torch.Tensor, shift: float) -> torch.Tensor:
     return x * (1.0 + shift) + shift
 
@@ -76,9 +94,12 @@ def test_zoa_recalls_within_the_forward_pass_and_banks_the_memory(zoa_pack, zoa_
                  torch.Generator().manual_seed(0))
     assert method.recall is not None
     x = zoa_images(pack, 16, size=64)
+    seen = []
     for _ in range(3):
         method.predict_with_record(x[:8])
-    a_stats = method.params.bn_stats
+        seen.append(method.params.bn_stats)
+    # A is remembered as it stood at the start of the window before the one that fired
+    a_stats = seen[1]
     for _ in range(3):
         method.predict_with_record(_shifted(x[8:], 2.0))
     assert len(method.recall.entries) == 1 and method.recall.recalls == 0

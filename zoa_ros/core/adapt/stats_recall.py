@@ -16,7 +16,11 @@ frames. On a change it
 
 1. remembers the running estimate of the domain that ended, keyed by the watch's estimate of
    that domain's stem statistics (a key within ``threshold`` of a stored one replaces it: one
-   entry per domain; the least recently used entry goes when ``capacity`` is exceeded);
+   entry per domain; the least recently used entry goes when ``capacity`` is exceeded). Both
+   are taken as they stood at the start of the window *before* the one that fired: by the time
+   a change is detected the new domain's first frames are already folded into the running
+   estimate (after ``window`` frames, ~27 % of it at ``frame_momentum`` 0.01) and may have moved
+   the watch, and a change that began late in a window fires only in the next one;
 2. looks the new frames' stem statistics up among the stored keys: the nearest within
    ``threshold`` gives the statistics to normalise with from now on - already for the frames
    whose forward pass is running (:meth:`observe` runs in the stem's forward hook).
@@ -28,6 +32,7 @@ follows the new domain by the frames rule. The memory costs no forward pass.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +65,7 @@ class StatsRecall:
         self.recalls = 0
         self._pending: EarlyStats | None = None
         self._pending_frames = 0
+        self._starts: deque[RecallEntry] = deque(maxlen=2)   # the last two windows' starts
         self._lock = threading.Lock()
 
     def observe(self, early: EarlyStats, frames: int, current: BnStats) -> BnStats | None:
@@ -67,6 +73,8 @@ class StatsRecall:
         the running estimate they are about to be normalised with. Returns the statistics to
         use instead (a recalled domain), or ``None`` to keep ``current``."""
         with self._lock:
+            if self._pending is None and self.watch.mean is not None:   # a window starts
+                self._starts.append(RecallEntry(self.watch.mean, self.watch.var, current))
             if frames < self.window:
                 early = early if self._pending is None else self._pending + early
                 frames += self._pending_frames
@@ -74,11 +82,12 @@ class StatsRecall:
                     self._pending, self._pending_frames = early, frames
                     return None
             self._pending, self._pending_frames = None, 0
-            old_mean, old_var = self.watch.mean, self.watch.var
             mean, var = early.mean, early.var
             if not self.watch.observe(mean, var, frames).changed:
                 return None
-            self._remember(RecallEntry(old_mean, old_var, current))
+            if self._starts:
+                self._remember(self._starts[0])
+            self._starts.clear()
             return self._lookup(mean, var)
 
     def _nearest(self, mean: torch.Tensor, var: torch.Tensor) -> int | None:
@@ -131,6 +140,7 @@ class StatsRecall:
             self.entries = entries[-self.capacity:]
             self.watch.clear()
             self._pending, self._pending_frames = None, 0
+            self._starts.clear()
 
     def clear(self) -> None:
         with self._lock:
@@ -138,6 +148,7 @@ class StatsRecall:
             self.entries = []
             self.recalls = 0
             self._pending, self._pending_frames = None, 0
+            self._starts.clear()
 
     @property
     def nbytes(self) -> int:
