@@ -70,6 +70,27 @@ def test_fused_batchnorm_act_is_exact_and_keeps_activation(act):
     assert torch.equal(bn.running_mean, fused.running_mean)      # buffers never updated
 
 
+def test_batch_statistics_collected_in_the_normalising_pass():
+    """With a statistics sink the batch-statistics forward is unchanged and records each
+    BatchNorm's per-channel batch mean and unbiased variance (one pass, no ``var_mean``)."""
+    bn = nn.BatchNorm2d(16, eps=1e-3)
+    _randomise_norms(bn)
+    model = nn.Sequential(copy.deepcopy(bn))
+    store, params = _fused(model, ["0"], RUNNING)
+    x = torch.randn(4, 16, 8, 8) * 3 + 1
+    x[:, 0] = 0.25                                      # a constant channel: variance 0
+    with store.using(params, BATCH):
+        plain = model(x)
+    with store.using(params, BATCH, collect_bn=True) as ctx:
+        out = model(x)
+    assert torch.equal(out, plain)
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=True)
+    got_mean, got_var = ctx.bn_sink[0]
+    torch.testing.assert_close(got_mean, mean)
+    torch.testing.assert_close(got_var, var, rtol=1e-5, atol=1e-6)
+    assert float(got_var[0]) >= 0.0
+
+
 def test_fused_affine_follows_bank_and_eps():
     ln = nn.LayerNorm(8)
     model = nn.Sequential(copy.deepcopy(ln))
