@@ -9,7 +9,7 @@ frame in its first layers (hundreds of MB per tensor for a 64-frame adaptation b
 forward passes keep handing memory back and page-faulting it in again, and the kernel zeroes
 every page on its first touch: thousands of page faults per single-frame forward pass of
 EfficientNet-Lite0 (none with the settings below; test/test_allocator.py counts them), and on
-a 64-frame batch the page faults cost more than the arithmetic (docs/RESULTS.md §2.6). What it
+a 64-frame batch the page faults cost more than the arithmetic (docs/RESULTS.md §2.4l). What it
 costs in the node's latency: docs/RESULTS.md §4.
 
 :func:`keep_freed_memory` sets, with ``mallopt``:
