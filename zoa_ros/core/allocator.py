@@ -15,9 +15,9 @@ costs in the node's latency: docs/RESULTS.md §4.
 :func:`keep_freed_memory` sets, with ``mallopt``:
 
 * the mmap threshold to 32 MiB (the largest glibc accepts), so a frame's activations come
-  from the heap; and no mmap'd blocks at all in the main heap (``M_MMAP_MAX`` 0), so an
-  adaptation batch's larger ones do too. A thread's own heap cannot hold a block above 64 MiB;
-  glibc maps those whatever the setting, so batches adapt fastest on the main thread;
+  from the heap; and no mmap'd blocks (``M_MMAP_MAX`` 0), so on the main thread an adaptation
+  batch's larger ones do too. A thread's own heap cannot hold a block above 64 MiB and glibc
+  maps those whatever the setting, so batches adapt fastest on the main thread;
 * the trim threshold to 1 GiB: up to that much free memory stays at the top of a heap (an
   adaptation step of EfficientNet-Lite0 on 64 frames peaks at about 1.1 GiB of tensors).
 
