@@ -59,8 +59,8 @@ SPECS: tuple[Spec, ...] = (
          "process may use; more than 1 is faster only while no other process wants those CPUs: "
          "docs/RESULTS.md §4.2)", read_only=True, low=0, high=256),
     Spec("inference.keep_freed_memory", True, "keep freed memory in the process (glibc malloc "
-         "settings, up to 1 GiB free per heap) instead of page-faulting activations in again "
-         "on every forward pass; process-wide, set once", read_only=True),
+         "settings; resident memory stays at its peak) instead of page-faulting activations in "
+         "again on every forward pass; process-wide, set once", read_only=True),
     # ---- inputs ---------------------------------------------------------------------------
     Spec("image_topics", ["image"], "camera topics (relative names are namespaced and "
          "remappable); each is one camera", read_only=True),
