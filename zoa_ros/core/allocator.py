@@ -32,8 +32,8 @@ time. It is process-wide and cannot be undone.
 
 :func:`share_one_heap` (``M_ARENA_MAX`` 1) makes the threads a process starts from then on
 allocate from the main heap too, so the settings reach a batch adapted on a worker thread, as
-in ``zoa_node``: a 16-frame batch of EfficientNet-Lite0 on a worker thread page-faults tens of
-thousands of times per forward pass without it and not at all with it
+in ``zoa_node``: without it, a 16-frame batch of EfficientNet-Lite0 on a worker thread
+page-faults tens of thousands of times per forward pass; with it, at most a tenth of that
 (test/test_allocator.py). The threads then take turns at that heap's lock.
 """
 
