@@ -6,6 +6,7 @@ one-way)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -142,6 +143,7 @@ HEAP = textwrap.dedent("""
 """)
 
 
+@functools.cache   # "library" is the same for both entry points: run it once
 def _in_main_heap(entry: str) -> list[bool]:
     done = subprocess.run([sys.executable, "-c", HEAP, entry], capture_output=True, text=True,
                           timeout=120, check=True)
