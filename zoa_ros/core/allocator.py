@@ -15,10 +15,10 @@ costs in the node's latency: docs/RESULTS.md §4.
 :func:`keep_freed_memory` sets, with ``mallopt``:
 
 * the mmap threshold to 32 MiB (the largest glibc accepts), so a frame's activations come
-  from the heap; and no mmap'd blocks (``M_MMAP_MAX`` 0), so an adaptation batch's larger ones
-  do too, in the main heap. A thread's own heap (glibc gives each new thread one, up to 8 per
-  CPU) cannot hold a block above 64 MiB, and glibc maps those whatever the setting; see
-  :func:`share_one_heap`;
+  from the heap; and no mmap'd blocks (``M_MMAP_MAX`` 0), so on the main thread an adaptation
+  batch's larger ones do too. A thread's own heap (glibc gives each new thread one, up to 8 per
+  CPU) cannot hold a block above 64 MiB, and glibc maps those whatever the setting, so batches
+  adapt fastest on the main thread;
 * no trimming (trim threshold -1): free memory at the top of a heap is never handed back. An
   adaptation step of EfficientNet-Lite0 on 64 frames peaks at about 1.1 GiB of tensors; with
   the 1 GiB threshold used before, each step's frees handed that back and the next step
@@ -30,11 +30,11 @@ of the box (jemalloc, tcmalloc) must be preloaded with ``LD_PRELOAD`` before the
 starts, which a ROS node launched by others cannot rely on; ``mallopt`` is three calls at run
 time. It is process-wide and cannot be undone.
 
-:func:`share_one_heap` (``M_ARENA_MAX`` 1) makes the threads a process starts from then on
-allocate from the main heap too, so the settings reach a batch adapted on a worker thread, as
-in ``zoa_node``: without it, a 16-frame batch of EfficientNet-Lite0 on a worker thread
-page-faults tens of thousands of times per forward pass; with it, at most a tenth of that
-(test/test_allocator.py). The threads then take turns at that heap's lock.
+One heap for all threads (glibc ``M_ARENA_MAX`` 1, set before any thread starts) would let a
+worker thread's batches stay in the heap too, but the threads would then share that heap's
+lock, and ``zoa_node`` adapts on a SCHED_IDLE thread: preempted while holding it on a busy CPU,
+that thread could stall classification. It also changed nothing ``zoa-ros bench node`` could
+measure (docs/RESULTS.md §4.4), so it is not done.
 """
 
 from __future__ import annotations
@@ -42,29 +42,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-from collections.abc import Callable
 
 M_TRIM_THRESHOLD = -1          # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20      # the largest glibc accepts on 64-bit systems
 MMAP_MAX = 0                   # blocks above it come from the heap too
 TRIM_THRESHOLD = -1            # glibc reads it as the largest size: never trim
 
 _lock = threading.Lock()
 _applied = False
-_one_heap = False
-
-
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt``, or ``None`` where the C library has none (macOS, musl, Windows)."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt
 
 
 def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
@@ -76,27 +63,15 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
     with _lock:
         if _applied:
             return True
-        mallopt = _mallopt()
-        if mallopt is None:
+        try:
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):   # not glibc (macOS, musl without mallopt, Windows)
             return False
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
         _applied = (mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
                     and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
                     and mallopt(M_MMAP_MAX, mmap_max) == 1)
         return _applied
-
-
-def share_one_heap() -> bool:
-    """Make the threads this process starts from now on allocate from the main heap (glibc
-    ``M_ARENA_MAX`` 1); ``True`` once set. Call it before the process starts any thread (for a
-    ROS node: before it imports rclpy, whose tracing library starts two threads as it loads):
-    glibc hands a new thread one of the heaps that exist, in turn, and a thread keeps the heap
-    it was given. Process-wide, one-way; ``False`` without glibc ``mallopt``."""
-    global _one_heap
-    with _lock:
-        if not _one_heap:
-            mallopt = _mallopt()
-            _one_heap = mallopt is not None and mallopt(M_ARENA_MAX, 1) == 1
-        return _one_heap
 
 
 def keeps_freed_memory() -> bool:

@@ -11,8 +11,7 @@ Threads: subscription callbacks only check headers and put the message into its 
 newest-frame slot (:mod:`.frame_slot`); one inference thread converts and classifies the newest
 frames (``Engine.predict(observe=True)``) and publishes; one adaptation thread calls
 ``Engine.maybe_adapt()`` when woken (every ``adaptation.interval_frames`` frames, at most every
-``adaptation.min_period_s`` of node time), so a step never blocks classification. All threads
-allocate from one heap (:func:`zoa_ros.core.allocator.share_one_heap`).
+``adaptation.min_period_s`` of node time), so a step never blocks classification.
 
 Topics (relative, so namespaced and remappable): in ``<camera>`` (sensor_msgs/Image) or
 ``<camera>/compressed`` (CompressedImage); out ``classification_json`` (std_msgs/String),
@@ -35,14 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zoa_ros.core.allocator import share_one_heap
-
-# Before any library starts a thread (rclpy's tracing library starts two when it loads): every
-# thread then allocates from the main heap, where inference.keep_freed_memory also keeps the
-# adaptation thread's batches (core/allocator.py).
-share_one_heap()
-
-from zoa_ros.ros import params as P  # noqa: E402
+from zoa_ros.ros import params as P
 
 P.use_default_fastdds_profile()   # before this process creates its first DDS participant
 

@@ -11,10 +11,6 @@ import sys
 # dashes as underscores.
 COMMANDS = ("calibrate", "classify", "info", "evaluate", "report", "make-bag", "replay", "bank",
             "bench", "demo", "node")
-# Commands that run zoa_node, or measure its model as it runs there, in this process: their
-# threads share one heap as the node's do (zoa_ros.core.allocator.share_one_heap), set before
-# the subcommand modules load libraries that start threads.
-ONE_HEAP = (("node",), ("bench", "node"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,12 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    if any(tuple(words[:len(c)]) == c for c in ONE_HEAP):
-        from zoa_ros.core.allocator import share_one_heap
-
-        share_one_heap()
-    args = build_parser().parse_args(words)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
