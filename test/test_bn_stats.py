@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from zoa_ros.core.adapt import registry
-from zoa_ros.core.adapt.bn_stats import fold_batch, fold_frames
+from zoa_ros.core.adapt.bn_stats import fold_batch, fold_frames, fold_frames_later, frame_moments
+from zoa_ros.core.adapt.fused_norm import FusedBatchNorm
+from zoa_ros.core.adapt.params import ParamSet, ParamStore
 from zoa_ros.core.adapt.zoa import ZOA
 from zoa_ros.core.engine import Engine
 
@@ -40,6 +42,72 @@ def test_fold_of_a_batch_equals_one_frame_at_a_time() -> None:
     # layers missing from the sink are kept as they were
     assert fold_frames(start, {}, 0.3)[0][0] is start[0][0]
     assert fold_batch(start, {}, 0.3)[0][1] is start[0][1]
+
+
+def test_fold_of_many_layers_equals_each_layer_on_its_own() -> None:
+    """All layers are folded in one pass over their channels laid end to end: bit for bit what
+    folding each layer by itself gives; a layer missing from the sink is kept as it was."""
+    gen = torch.Generator().manual_seed(2)
+    stats = tuple((torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5)
+                  for c in (3, 16, 1, 40))
+    sink = {i: _moments(torch.randn(2, c, 5, 5, generator=gen))
+            for i, c in enumerate((3, 16, 1, 40)) if i != 2}
+    together = fold_frames(stats, sink, 0.05)
+    for i, pair in enumerate(stats):
+        alone = fold_frames((pair,), {0: sink[i]} if i in sink else {}, 0.05)[0]
+        assert torch.equal(together[i][0], alone[0]) and torch.equal(together[i][1], alone[1])
+    assert together[2] is stats[2]
+
+
+@pytest.mark.parametrize("method_name", ["zoa", "norm"])
+def test_deferred_fold_is_the_fold_of_the_frames_own_moments(method_name, zoa_pack,
+                                                             shifted_batches) -> None:
+    """An observed prediction leaves its fold for later: its own logits never depend on it, and
+    the next prediction (or ``settle``) folds exactly that frame's BatchNorm input moments."""
+    pack = zoa_pack("test_resnet")
+    method = registry.create(method_name, pack.build_model(), pack,
+                             {"bn_stats": "running", "frame_momentum": 0.2, "detect": False}
+                             if method_name == "zoa" else
+                             {"bn_stats": "running", "frame_momentum": 0.2},
+                             torch.Generator().manual_seed(0))
+    inputs: dict[int, torch.Tensor] = {}
+    for m in method.model.modules():
+        if isinstance(m, FusedBatchNorm):
+            m.register_forward_pre_hook(
+                lambda mod, args: inputs.__setitem__(mod.index, args[0].detach().clone()))
+    store = method.store if method_name == "zoa" else method.stats.store
+    (x,) = shifted_batches(pack, 1, size=64, noise=1.0)
+    for i in range(3):
+        before = store.published.bn_stats
+        plain = method.predict(x[i:i + 1])
+        observed, _ = method.predict_with_record(x[i:i + 1])
+        assert torch.equal(observed, plain)            # its own fold is not in its prediction
+        assert store.published.bn_stats is before      # left for later ...
+        expected = fold_frames(before, frame_moments(inputs), 0.2)
+        if i == 2:
+            method.settle()                            # ... or done now, on request
+            done = store.published.bn_stats
+        else:
+            method.predict(x[:1])                      # ... and the next prediction does it first
+            done = store.published.bn_stats
+        for (m, v), (em, ev) in zip(done, expected, strict=True):
+            assert torch.equal(m, em) and torch.equal(v, ev)
+    method.settle()
+    assert store.published.bn_stats is done            # nothing left: settle is a no-op
+
+
+def test_deferred_fold_refuses_inputs_changed_in_place() -> None:
+    store = ParamStore("running")
+    store.publish(ParamSet(origin=torch.zeros(0), eps=torch.zeros(0), alpha=torch.zeros(1),
+                           bank=torch.zeros(1, 0), alpha_scale=1.0,
+                           bn_stats=((torch.zeros(2), torch.ones(2)),)))
+    x = torch.ones(1, 2, 3, 3)
+    fold_frames_later(store, {0: x}, 0.5)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        store.settle()
+    store.settle()                                     # the failed fold is dropped, not retried
+    assert torch.equal(store.published.bn_stats[0][1], torch.ones(2))
 
 
 def test_fold_converges_to_the_stream_statistics() -> None:

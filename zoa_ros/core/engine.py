@@ -348,6 +348,12 @@ class Engine:
         return [Prediction(r, ms, domain, steps, h)
                 for r, h in zip(results, entropy(logits.cpu()))]
 
+    def settle(self) -> None:
+        """Finish what the last observed prediction left for later (folding its frames into the
+        running BatchNorm statistics), e.g. after publishing its result; the next prediction
+        does it first otherwise, with the same outcome."""
+        self.method.settle()
+
     def observe(self, frames: Frames, record: object | None = None) -> None:
         """Offer classified frames to the adaptation buffer (a no-op while adaptation is off).
 

@@ -513,6 +513,7 @@ class ZoaNode(LifecycleNode):
                 self._vision_pub.publish(conversions.vision_classification(
                     Classification, ObjectHypothesis, header, prediction.top))
             if observe:
+                engine.settle()   # the frame's statistics, now that its result is out
                 self._adapt_wake.set()
 
     def _adaptation_loop(self) -> None:

@@ -94,6 +94,12 @@ class AdaptMethod(ABC):
         """Context in which predictions may update stream-following state (default: none)."""
         return nullcontext()
 
+    def settle(self) -> None:
+        """Finish now what an observed prediction left for later (the next prediction would
+        finish it first), so a caller can publish a result before paying for it (default:
+        nothing is left)."""
+        return None
+
     @abstractmethod
     def reset(self) -> None:
         """Back to the source model (keeps nothing adapted)."""

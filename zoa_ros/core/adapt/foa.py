@@ -217,6 +217,9 @@ class FOA(AdaptMethod):
     def observing(self) -> AbstractContextManager:
         return self.stats.observing()
 
+    def settle(self) -> None:
+        self.stats.settle()
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
         features, _ = self._forward(x, state.best, self._predict_norm)

@@ -14,8 +14,8 @@ test statistics in all of them. Each forward reads its normalisation from the th
 :class:`~zoa_ros.core.adapt.params.ForwardContext`: ``batch`` (current batch mean/var, the
 paper's protocol) or ``running`` (the parameter set's running estimate of the test statistics,
 initialised from the source running buffers, for single-frame streaming inference; the context's
-``frame_sink``, when set, receives each frame's per-channel input moments so the caller can fold
-them into that estimate, see :func:`~zoa_ros.core.adapt.bn_stats.fold_frames`).
+``frame_sink``, when set, receives each layer's input so the caller can fold the frames' moments
+into that estimate, see :func:`~zoa_ros.core.adapt.bn_stats.fold_frames_later`).
 """
 
 from __future__ import annotations
@@ -97,9 +97,7 @@ class FusedBatchNorm(nn.BatchNorm2d):
                 x, ctx.bn_sink[self.index] = _batch_norm_with_stats(x, weight, bias, self.eps)
         else:
             if ctx.frame_sink is not None:
-                frames = x.detach()
-                ctx.frame_sink[self.index] = (frames.mean(dim=(2, 3)),
-                                              (frames * frames).mean(dim=(2, 3)))
+                ctx.frame_sink[self.index] = x.detach()
             mean, var = ctx.params.bn_stats[self.index]
             w = self.store.stats_prior
             if w > 0:   # a mixture of the source and the test distribution

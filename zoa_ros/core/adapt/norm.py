@@ -78,6 +78,9 @@ class NormAdapt(AdaptMethod):
     def observing(self) -> AbstractContextManager:
         return self.stats.observing()
 
+    def settle(self) -> None:
+        self.stats.settle()
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         logits, _ = self._forward(x, self.cfg.bn_stats)
         self._count(frames_predicted=x.shape[0])

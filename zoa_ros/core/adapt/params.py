@@ -130,17 +130,19 @@ class ParamSet:
 class ForwardContext:
     """What the fused layers of one forward pass read: the pinned set, the BatchNorm
     normalisation, and optional sinks: ``bn_sink`` collects each BatchNorm's batch
-    ``(mean, var)`` (``batch`` normalisation), ``frame_sink`` each BatchNorm's per-frame input
-    moments ``(mean, mean of squares)``, shape ``[B, C]`` each (``running`` normalisation)."""
+    ``(mean, var)`` (``batch`` normalisation), ``frame_sink`` each BatchNorm's input
+    ``[B, C, H, W]`` (``running`` normalisation; its per-frame moments are computed later, see
+    :func:`~zoa_ros.core.adapt.bn_stats.fold_frames_later`)."""
 
     params: ParamSet
     norm: str
     bn_sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-    frame_sink: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    frame_sink: dict[int, torch.Tensor] | None = None
 
 
 class ParamStore:
-    """The published :class:`ParamSet` plus per-thread forward contexts."""
+    """The published :class:`ParamSet`, per-thread forward contexts, and at most one piece of
+    deferred work on the set (:meth:`defer`, :meth:`settle`)."""
 
     def __init__(self, default_norm: str, stats_prior: float = 0.0) -> None:
         self.default_norm = default_norm
@@ -149,6 +151,8 @@ class ParamStore:
         self._published: ParamSet | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._deferred: Callable[[], None] | None = None
+        self._deferred_lock = threading.Lock()   # held while deferred work runs
 
     @property
     def published(self) -> ParamSet:
@@ -175,6 +179,20 @@ class ParamStore:
             if self._published is None:
                 raise RuntimeError("no parameter set published yet")
             self._published = self._published.replace(bn_stats=fold(self._published.bn_stats))
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` at the next :meth:`settle` (work deferred earlier runs first)."""
+        self.settle()
+        with self._deferred_lock:
+            self._deferred = work
+
+    def settle(self) -> None:
+        """Run the deferred work, if any; when this returns it has been applied (a settle on
+        another thread that got there first is waited for)."""
+        with self._deferred_lock:
+            work, self._deferred = self._deferred, None
+            if work is not None:
+                work()
 
     @contextmanager
     def using(self, params: ParamSet, norm: str, collect_bn: bool = False,

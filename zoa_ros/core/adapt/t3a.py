@@ -141,6 +141,9 @@ class T3A(AdaptMethod):
         with self.stats.observing():
             return self._predict(x)
 
+    def settle(self) -> None:
+        self.stats.settle()
+
     def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, T3ARecord]:
         z, head_logits, _ = self._features(x, self._predict_norm)
         self._count(frames_predicted=x.shape[0])

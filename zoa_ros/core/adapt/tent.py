@@ -148,6 +148,9 @@ class Tent(AdaptMethod):
     def observing(self) -> AbstractContextManager:
         return self.stats.observing()
 
+    def settle(self) -> None:
+        self.stats.settle()
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock, torch.no_grad(), self.stats.using(self._predict_norm):
             logits = self.model(x.to(self.device))

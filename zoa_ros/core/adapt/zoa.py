@@ -57,7 +57,7 @@ from zoa_ros.core.adapt.bn_stats import (
     StatsConfig,
     check_momenta,
     fold_batch,
-    fold_frames,
+    fold_frames_later,
 )
 from zoa_ros.core.adapt.detector import DomainDetector
 from zoa_ros.core.adapt.fused_norm import fuse_norms
@@ -221,7 +221,8 @@ class ZOA(AdaptMethod):
     # ---- public state ---------------------------------------------------------------------
     @property
     def params(self) -> ParamSet:
-        """The published parameter set."""
+        """The published parameter set, the last observed frames folded in."""
+        self.store.settle()
         return self.store.published
 
     @property
@@ -265,15 +266,15 @@ class ZOA(AdaptMethod):
             features, early_stats = self.extractor.run(x, early=early, on_early=on_early)
             logits = self._shifted_logits(features, params)
         if ctx.frame_sink:
-            rho, sink = self.cfg.frame_momentum, ctx.frame_sink
-            self.store.update_stats(lambda stats: fold_frames(stats, sink, rho))
+            fold_frames_later(self.store, ctx.frame_sink, self.cfg.frame_momentum)
         self._count(forward_passes=1)
         return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
 
     def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
         """The prediction forward with the published set; ``observe`` (frames offered for
         adaptation) also yields the detector statistics and, with the *frames* statistics
-        rule, folds the frames into the running BatchNorm estimate."""
+        rule, folds the frames into the running BatchNorm estimate (at the next :meth:`settle`)."""
+        self.store.settle()
         rec = self._forward(x, self.store.published, self._predict_norm, early=observe,
                             fold=observe and self._fold_frames, recall=observe)
         self._count(frames_predicted=x.shape[0])
@@ -309,6 +310,9 @@ class ZOA(AdaptMethod):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self._predict(x, observe=False).logits
+
+    def settle(self) -> None:
+        self.store.settle()
 
     def predict_with_record(self, x: torch.Tensor) -> tuple[torch.Tensor, ForwardRecord]:
         """:meth:`predict` plus the record :meth:`adapt` can reuse (same single forward)."""
@@ -449,6 +453,7 @@ class ZOA(AdaptMethod):
             return removed
 
     def reset(self) -> None:
+        self.store.settle()
         with self._adapt_lock:
             version = self.store.published.version + 1
             self.store.publish(self._initial.replace(version=version))
@@ -465,6 +470,7 @@ class ZOA(AdaptMethod):
     # ---- persistence ----------------------------------------------------------------------
     def export_bank(self) -> BankState:
         """A consistent snapshot of the persistent state (for :mod:`zoa_ros.core.bank_file`)."""
+        self.store.settle()
         with self._adapt_lock:
             p = self.store.published
             keys, recall = self._dormant_recall if self.recall is None else self.recall.export()
@@ -490,6 +496,7 @@ class ZOA(AdaptMethod):
         raise ``ValueError`` and leave the running state untouched."""
         params = self._validated(state)
         recall = self._validated_recall(state)
+        self.store.settle()
         with self._adapt_lock:
             if self.recall is None:
                 self._dormant_recall = recall
