@@ -321,7 +321,8 @@ def saved_vit_pack(zoa_pack, tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 # Result fields that measure time or memory, or name output files: they differ between runs.
 TIMING = {"ms_per_frame", "peak_mb", "wall_s", "stream_s", "frames_per_s", "peak_rss_mb",
-          "last_step_ms", "mean_step_ms", "mean_predict_ms", "timed_frames", "json", "report"}
+          "last_step_ms", "mean_step_ms", "mean_predict_ms", "timed_frames", "json", "report",
+          "adapt_paused_s"}
 
 
 def without_timing(value):

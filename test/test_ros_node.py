@@ -533,7 +533,8 @@ def test_diagnostics_report_everything(setup) -> None:
     main = c.diag("/zoa_node: classifier")
     for key in ("state", "health", "reasons", "frames_classified", "inference_latency_p50_ms",
                 "inference_latency_p99_ms", "malformed_messages", "dropped_frames",
-                "adaptation_enabled", "adaptation_steps", "last_step_ms", "domain_changes",
+                "adaptation_enabled", "adaptation_steps", "last_step_ms", "adaptation_paused_s",
+                "domain_changes",
                 "bank_entries", "bank_bytes", "statistics_memory_entries",
                 "statistics_recalls", "resets"):
         assert key in main, key

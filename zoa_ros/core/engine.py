@@ -26,6 +26,7 @@ from the config; nothing here imports rclpy.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from zoa_ros.core.adapt.base import AdaptMethod
 from zoa_ros.core.allocator import keep_freed_memory
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.prediction import ClassScore, entropy, top_k
+from zoa_ros.core.prediction_first import PredictionFirst
 from zoa_ros.core.preprocess import Preprocessor, to_pil
 from zoa_ros.core.quant.model import first_conv_name
 
@@ -73,6 +75,9 @@ class EngineConfig:
     warmup: bool = True               # one throw-away forward before the method is created
     adapt_enabled: bool = True
     keep_freed_memory: bool = True    # process-wide malloc setting (core/allocator.py)
+    # A step on another thread waits, before each layer, up to this long for a prediction in
+    # flight to finish (classification first; core/prediction_first.py). 0: it never waits.
+    max_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,8 +90,9 @@ class EngineConfig:
         if self.buffer_size is not None and self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size ({self.buffer_size}) must be >= batch_size "
                              f"({self.batch_size})")
-        if self.min_period_s < 0:
-            raise ValueError(f"min_period_s must be >= 0, got {self.min_period_s}")
+        for name in ("min_period_s", "max_pause_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def interval(self) -> int:
@@ -164,6 +170,7 @@ class EngineStats:
     last_step_ms: float
     mean_step_ms: float
     mean_predict_ms: float      # per predict()/run_batch() call
+    adapt_paused_s: float       # adaptation steps waiting for predictions in flight (max_pause_s)
     malformed: int
     resets: int
 
@@ -257,6 +264,8 @@ class Engine:
         self._step_ms_total = 0.0
         self._predict_ms_total = 0.0
         self._stem_hook = _stem(model).register_forward_pre_hook(self._count_samples)
+        self._first = (PredictionFirst(config.max_pause_s)
+                       if config.max_pause_s > 0 and self.method.adapt_may_pause else None)
 
     @classmethod
     def from_pack_file(cls, path: str | Path, **options: object) -> Engine:
@@ -328,16 +337,17 @@ class Engine:
     def predict(self, frames: Frames, *, observe: bool = False) -> list[Prediction]:
         """Classify with the current parameters; with ``observe`` also buffer the frames, with
         the method's record of this forward pass so the adaptation step may reuse it."""
-        x = self.preprocess(frames)
-        steps = self._counts["adapt_steps"]
-        start = time.perf_counter()
-        with torch.no_grad():
-            if observe and self._enabled:
-                logits, record = self.method.predict_with_record(x)
-            else:
-                logits, record = self.method.predict(x), None
-        results = top_k(logits.cpu(), self.pack.labels, self.config.top_k)
-        ms = (time.perf_counter() - start) * 1e3
+        with self._predicting():
+            x = self.preprocess(frames)
+            steps = self._counts["adapt_steps"]
+            start = time.perf_counter()
+            with torch.no_grad():
+                if observe and self._enabled:
+                    logits, record = self.method.predict_with_record(x)
+                else:
+                    logits, record = self.method.predict(x), None
+            results = top_k(logits.cpu(), self.pack.labels, self.config.top_k)
+            ms = (time.perf_counter() - start) * 1e3
         domain = self.domain_id
         with self._lock:
             self._counts["frames"] += len(x)
@@ -394,7 +404,8 @@ class Engine:
             x = torch.stack([b.frame for b in batch])
             before = self.domain_changes
             start = time.perf_counter()
-            info = self.method.adapt(x, _records(batch))
+            with self._first.adapting() if self._first else contextlib.nullcontext():
+                info = self.method.adapt(x, _records(batch))
             ms = (time.perf_counter() - start) * 1e3
             return self._finish_step(len(x), ms, before, info)
         finally:
@@ -530,11 +541,16 @@ class Engine:
                 last_step_ms=self._last_step_ms,
                 mean_step_ms=self._step_ms_total / steps if steps else 0.0,
                 mean_predict_ms=self._predict_ms_total / calls if calls else 0.0,
+                adapt_paused_s=self._first.paused_s if self._first else 0.0,
                 malformed=c["malformed"], resets=c["resets"])
 
     def close(self) -> None:
         """Remove the engine's hook from the model."""
         self._stem_hook.remove()
+
+    def _predicting(self) -> contextlib.AbstractContextManager:
+        """Marks a prediction in flight, so a step on another thread yields to it."""
+        return self._first.predicting() if self._first else contextlib.nullcontext()
 
     def _count_samples(self, _module: nn.Module, inputs: tuple) -> None:
         if inputs and isinstance(inputs[0], torch.Tensor):

@@ -68,6 +68,7 @@ class Snapshot:
     adaptation_skipped: int = 0
     adaptation_errors: int = 0
     last_step_ms: float = 0.0
+    adaptation_paused_s: float = 0.0   # steps waiting for classification (max_pause_ms)
     domain_changes: int = 0
     domain: int = 0
     bank_entries: int = 0
@@ -153,6 +154,7 @@ class DiagnosticsTracker:
             "adaptation_skipped": snap.adaptation_skipped,
             "adaptation_errors": snap.adaptation_errors,
             "last_step_ms": _fmt(snap.last_step_ms),
+            "adaptation_paused_s": _fmt(snap.adaptation_paused_s),
             "domain_changes": snap.domain_changes,
             "domain": snap.domain,
             "bank_entries": snap.bank_entries,

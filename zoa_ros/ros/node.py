@@ -334,7 +334,8 @@ class ZoaNode(LifecycleNode):
             buffer_size=buffer, min_frames=min_batch,
             min_period_s=p("adaptation.min_period_s"), stride=p("adaptation.stride"),
             top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"),
-            keep_freed_memory=p("inference.keep_freed_memory"))
+            keep_freed_memory=p("inference.keep_freed_memory"),
+            max_pause_s=p("adaptation.max_pause_ms") / 1e3)
         return config
 
     def _load_pack(self) -> Any:
@@ -685,6 +686,7 @@ class ZoaNode(LifecycleNode):
             snap.adaptation_steps = stats.adapt_steps
             snap.adaptation_skipped = stats.adapt_skipped
             snap.last_step_ms = stats.last_step_ms
+            snap.adaptation_paused_s = stats.adapt_paused_s
             snap.domain_changes = stats.domain_changes
             snap.domain = stats.domain_id or 0
             snap.bank_entries = stats.bank_entries

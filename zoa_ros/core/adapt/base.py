@@ -57,6 +57,9 @@ class AdaptMethod(ABC):
     note: str | None = None
     # Bytes of autograd-saved activations of the last back-propagation step (BP methods only).
     graph_bytes: int = 0
+    # Whether adapt() may pause mid-forward while predict() runs on another thread (engine's
+    # max_pause_s); False where predict() waits for adapt() (e.g. a lock held across both).
+    adapt_may_pause: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoa_ros.core.adapt.params import BATCH, NormSlot, ParamLayout, ParamStore
+from zoa_ros.core.prediction_first import yield_point
 
 
 class FusedLayerNorm(nn.LayerNorm):
@@ -47,6 +48,7 @@ class FusedLayerNorm(nn.LayerNorm):
         self.store = store
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        yield_point()
         weight, bias = self.store.context().params.affine(self.slot)
         return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
@@ -85,6 +87,7 @@ class FusedBatchNorm(nn.BatchNorm2d):
         self.store = store
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        yield_point()
         ctx = self.store.context()
         if self.slot is None:
             weight, bias = self.weight, self.bias

@@ -107,6 +107,7 @@ class Tent(AdaptMethod):
     """TENT on the norm affines; see the module docstring."""
 
     name: ClassVar[str] = "tent"
+    adapt_may_pause: ClassVar[bool] = False   # predict() takes the lock a step holds
     streaming_defaults: ClassVar[dict] = STREAMING_STATS
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
