@@ -47,7 +47,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
            if not k.startswith(("ROS_", "FASTDDS_", "RMW_"))}
     result = subprocess.run(
         [CLI, "bench", "node", "--pack", str(pack), "--seconds", "2", "--warmup", "0.5",
-         "--model-runs", "10", "--domain-id", str(201 + os.getpid() % 31),
+         "--model-runs", "10", "--blocks", "2", "--domain-id", str(201 + os.getpid() % 31),
          # answers and steps within 2 s even when other jobs keep both CPUs busy (the default
          # one inference thread helps there too): small batches, and nice instead of
          # SCHED_IDLE (no CPU at all on a saturated machine)
@@ -67,6 +67,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         lat, model = c["latency_ms"], c["model_ms"]
         assert lat["n"] == c["answered"] and 0 < lat["p50"] <= lat["p99"]
         assert model["n"] == 10 and 0 < model["p50"] <= model["p99"]
+        assert len(model["p50_blocks"]) == 3   # before, between and after the 2 slices
         node = c["node"]
         assert node is not None and node["received"] > 0 and node["classified"] > 0
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
