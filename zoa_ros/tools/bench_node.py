@@ -12,14 +12,15 @@ model was busy) and frames that never reached its callback.
 Conditions: every size x adaptation off / on (one node process per setting: ``adaptation.enabled``
 false / true, everything else from the config, so "on" is the default ZOA method with the
 config's interval). Each condition: the model's latency (``Engine.predict`` on one frame of that
-size, the node's per-frame computation, in this process while the node idles, from one worker
+size, the node's per-frame computation, in this process while no frames flow, from one worker
 thread with ``inference.threads`` CPU threads and every other thread of this process on one, as
 the node runs its inference (see :mod:`zoa_ros.core.threads`)), a warm-up stream that is not
 counted, a pause until the node has answered and published fresh counters, then the measured
 stream in ``--blocks`` slices, with the model's runs shared out before, between and after
 them: the speed of a shared machine drifts by a fifth within minutes, and measured only before
-and after the stream the model saw other minutes than the node. Targets: at p50 the node adds <= 10 % to the model (node p50 / model p50, with
-adaptation off) and adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
+and after the stream the model saw other minutes than the node. Targets: at p50 the node adds
+<= 10 % to the model (node p50 / model p50, with adaptation off) and adaptation in the
+background raises p99 by <= 50 % (p99 on / p99 off).
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
 model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
@@ -50,12 +51,13 @@ DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counter
 START_TIMEOUT_S = 180.0
 LEGEND = (
     "latencies in ms; e2e = header stamp -> classification_json received; node inf = the node's "
-    "Engine.predict time (from the JSON); e2e-inf = the rest (transport, waiting in the "
-    "newest-frame slot while the model is busy, conversion); dropped = sent - answered; slot = "
-    "overwritten in the node's newest-frame slot; lost = never reached the node's callback "
-    "(transport, or pushed out of its DDS queue of qos.depth while it was busy; both from the "
-    "node's /diagnostics); model = Engine.predict on one frame in the bench process (a worker "
-    "thread), measured just before and after each condition")
+    "inference_ms (from the JSON: Engine.predict after preprocessing); e2e-inf = the rest "
+    "(transport, waiting in the newest-frame slot while the model is busy, conversion, "
+    "preprocessing); dropped = sent - answered; slot = overwritten in the node's newest-frame "
+    "slot; lost = never reached the node's callback (transport, or pushed out of its DDS queue "
+    "of qos.depth while it was busy; both from the node's /diagnostics); model = wall time of "
+    "Engine.predict on one frame, preprocessing included, in the bench process (a worker "
+    "thread), measured before, between and after the slices of each condition's stream")
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
