@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +335,41 @@ def without_timing(value):
         return [without_timing(v) for v in value]
     return value
 
+
+
+@dataclass
+class BackgroundSteps:
+    """Adaptation steps running on another thread (:func:`steps_in_background`)."""
+
+    thread: threading.Thread
+    started: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    errors: list[Exception] = field(default_factory=list)
+
+
+@pytest.fixture
+def steps_in_background():
+    """``steps_in_background(engine, forced=3, due_first=False) -> BackgroundSteps``: on a new
+    thread, one due step first if asked (it must run), then ``forced`` forced ones; ``started``
+    is set before the first, ``finished`` after the last; exceptions land in ``errors``."""
+
+    def start(eng, forced: int = 3, due_first: bool = False) -> BackgroundSteps:
+        steps = BackgroundSteps(threading.Thread())
+
+        def adapter() -> None:
+            try:
+                steps.started.set()
+                if due_first:
+                    assert eng.maybe_adapt() is not None
+                for _ in range(forced):
+                    eng.maybe_adapt(force=True)
+            except Exception as e:  # pragma: no cover - reported by the test
+                steps.errors.append(e)
+            finally:
+                steps.finished.set()
+
+        steps.thread = threading.Thread(target=adapter)
+        steps.thread.start()
+        return steps
+
+    return start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -201,39 +200,27 @@ def test_reset_and_switching_adaptation_off(vit_pack, stand_in_methods) -> None:
     assert all(r is None for r in feed(eng, x[:15])) and feed(eng, x[:1])[0] is not None
 
 
-def test_predict_does_not_wait_for_an_adaptation_step(vit_pack, stand_in_methods) -> None:
+def test_predict_does_not_wait_for_an_adaptation_step(vit_pack, stand_in_methods,
+                                                      steps_in_background) -> None:
     """Predict in a loop on one thread while slow adaptation steps run on another."""
     eng = engine(vit_pack, stand_in_methods, method="shift", batch_size=16,
                  method_config={"delay_s": 0.3})
     x = frames(eng, 16)
     for i in range(16):
         eng.predict(x[i:i + 1], observe=True)
-    started, finished, errors = threading.Event(), threading.Event(), []
     done_during_step = []
-
-    def adapter() -> None:
-        try:
-            started.set()
-            assert eng.maybe_adapt() is not None
-            for _ in range(3):  # keep stepping on whatever the predict loop buffered
-                eng.maybe_adapt(force=True)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-        finally:
-            finished.set()
-
-    thread = threading.Thread(target=adapter)
-    thread.start()
-    started.wait()
+    # a due step, then three more on whatever the predict loop buffered
+    steps = steps_in_background(eng, forced=3, due_first=True)
+    steps.started.wait()
     count = 0
-    while not finished.is_set():
+    while not steps.finished.is_set():
         preds = eng.predict(x[count % 16:count % 16 + 1], observe=True)
         assert len(preds) == 1 and np.isfinite(preds[0].score)
         count += 1
         if eng.stats().adapt_steps == 0:
             done_during_step.append(count)
-    thread.join()
-    assert not errors
+    steps.thread.join()
+    assert not steps.errors
     assert done_during_step, "predict() was blocked by the adaptation step"
     s = eng.stats()
     assert s.frames == 16 + count and s.frames_observed == 16 + count

@@ -74,7 +74,7 @@ def test_a_busy_camera_slows_a_step_down_but_never_stops_it(pack) -> None:
     assert gate.pauses == layers
 
 
-def test_engine_streams_zoa_with_yielding_steps(pack) -> None:
+def test_engine_streams_zoa_with_yielding_steps(pack, steps_in_background) -> None:
     """The real ZOA in streaming mode, predictions on this thread, steps on another: no
     deadlock, finite results, and the steps did yield."""
     eng = Engine(pack, method="zoa", mode="streaming", batch_size=16, max_pause_s=0.05,
@@ -84,28 +84,16 @@ def test_engine_streams_zoa_with_yielding_steps(pack) -> None:
     x = torch.randn(32, *pack.data_config["input_size"], generator=g)
     for i in range(16):
         eng.predict(x[i:i + 1], observe=True)
-    finished, errors = threading.Event(), []
-
-    def adapter() -> None:
-        try:
-            for _ in range(3):
-                eng.maybe_adapt(force=True)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-        finally:
-            finished.set()
-
-    thread = threading.Thread(target=adapter)
-    thread.start()
+    steps = steps_in_background(eng, forced=3)
     count = 0
-    while not finished.is_set():
+    while not steps.finished.is_set():
         pred = eng.predict(x[16 + count % 16:17 + count % 16], observe=True)[0]
         assert np.isfinite(pred.score)
         count += 1
-    thread.join()
+    steps.thread.join()
     stats = eng.stats()
     eng.close()
-    assert not errors and stats.adapt_steps == 3
+    assert not steps.errors and stats.adapt_steps == 3
     assert stats.adapt_paused_s > 0 and count > 0
 
 
