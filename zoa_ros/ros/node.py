@@ -514,7 +514,12 @@ class ZoaNode(LifecycleNode):
                 self._vision_pub.publish(conversions.vision_classification(
                     Classification, ObjectHypothesis, header, prediction.top))
             if observe:
-                engine.settle()   # the frame's statistics, now that its result is out
+                try:
+                    engine.settle()   # the frame's statistics, now that its result is out
+                except Exception as e:
+                    self._inference_errors += 1
+                    log.error(f"folding a frame into the statistics failed: {e!r}",
+                              throttle_duration_sec=5.0)
                 self._adapt_wake.set()
 
     def _adaptation_loop(self) -> None:
