@@ -2,10 +2,11 @@
 
 In the node the inference thread and the background adaptation thread run at once, each on a
 CPU of its own. Even so, a step running beside a prediction makes it slower: the two share the
-memory bandwidth and the caches (docs/RESULTS.md §4.5). A step therefore yields: before each of the
-model's normalisation layers (our fused layers call :func:`yield_point`), the adapting thread
-waits while a prediction is in flight, at most ``max_pause_s`` per layer, so that a camera that
-keeps the model busy all the time slows adaptation down instead of stopping it. Predictions
+memory bandwidth and the caches (docs/RESULTS.md §4.5 measures the slowdown). A step therefore
+yields: before each of the model's normalisation layers (our fused layers call
+:func:`yield_point`), the adapting thread waits while a prediction is in flight, at most
+``max_pause_s`` per layer, so that a camera that keeps the model busy all the time slows
+adaptation down instead of stopping it. Predictions
 never wait. The check costs a thread that is not adapting one thread-local lookup per layer.
 
 Only for methods whose ``predict`` never waits for their ``adapt`` (a method that holds a lock

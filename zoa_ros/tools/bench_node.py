@@ -17,8 +17,8 @@ thread with ``inference.threads`` CPU threads and every other thread of this pro
 the node runs its inference (see :mod:`zoa_ros.core.threads`)), a warm-up stream that is not
 counted, a pause until the node has answered and published fresh counters, then the measured
 stream in ``--blocks`` slices, with the model's runs shared out before, between and after
-them: the speed of a shared machine drifts by a fifth within minutes, and measured only before
-and after the stream the model saw other minutes than the node. Targets: at p50 the node adds
+them: the speed of a shared machine drifts by a fifth or more within minutes, and measured only
+before and after the stream the model saw other minutes than the node. Targets: at p50 the node adds
 <= 10 % to the model (node p50 / model p50, with adaptation off) and adaptation in the
 background raises p99 by <= 50 % (p99 on / p99 off).
 
