@@ -72,6 +72,10 @@ def test_a_busy_camera_slows_a_step_down_but_never_stops_it(pack) -> None:
     with torch.no_grad(), gate.adapting():
         model(x)                               # no prediction in flight: no wait
     assert gate.pauses == layers
+    off = PredictionFirst(max_pause_s=0.0)
+    with off.predicting(), torch.no_grad(), off.adapting():
+        model(x)                               # a gate with no pause never waits
+    assert off.pauses == 0
 
 
 def test_engine_streams_zoa_with_yielding_steps(pack, steps_in_background) -> None:
@@ -100,6 +104,9 @@ def test_engine_streams_zoa_with_yielding_steps(pack, steps_in_background) -> No
 def test_only_a_positive_pause_and_a_method_that_can_pause_yield(pack) -> None:
     with pytest.raises(ValueError, match="max_pause_s"):
         Engine(pack, method="none", max_pause_s=-1.0)
-    assert Engine(pack, method="zoa", max_pause_s=0.1)._first is not None
-    assert Engine(pack, method="zoa", max_pause_s=0.0)._first is None
-    assert Engine(pack, method="tent", max_pause_s=0.1)._first is None   # predict waits for adapt
+    with pytest.raises(ValueError, match="max_pause_s"):
+        PredictionFirst(-1.0)
+    assert Engine(pack, method="zoa", max_pause_s=0.1)._first.enabled
+    assert not Engine(pack, method="zoa", max_pause_s=0.0)._first.enabled
+    # tent's predict waits for its adapt
+    assert not Engine(pack, method="tent", max_pause_s=0.1)._first.enabled

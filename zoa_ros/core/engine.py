@@ -26,7 +26,6 @@ from the config; nothing here imports rclpy.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -264,8 +263,7 @@ class Engine:
         self._step_ms_total = 0.0
         self._predict_ms_total = 0.0
         self._stem_hook = _stem(model).register_forward_pre_hook(self._count_samples)
-        self._first = (PredictionFirst(config.max_pause_s)
-                       if config.max_pause_s > 0 and self.method.adapt_may_pause else None)
+        self._first = PredictionFirst(config.max_pause_s if self.method.adapt_may_pause else 0.0)
 
     @classmethod
     def from_pack_file(cls, path: str | Path, **options: object) -> Engine:
@@ -337,7 +335,7 @@ class Engine:
     def predict(self, frames: Frames, *, observe: bool = False) -> list[Prediction]:
         """Classify with the current parameters; with ``observe`` also buffer the frames, with
         the method's record of this forward pass so the adaptation step may reuse it."""
-        with self._predicting():
+        with self._first.predicting():
             x = self.preprocess(frames)
             steps = self._counts["adapt_steps"]
             start = time.perf_counter()
@@ -404,7 +402,7 @@ class Engine:
             x = torch.stack([b.frame for b in batch])
             before = self.domain_changes
             start = time.perf_counter()
-            with self._first.adapting() if self._first else contextlib.nullcontext():
+            with self._first.adapting():
                 info = self.method.adapt(x, _records(batch))
             ms = (time.perf_counter() - start) * 1e3
             return self._finish_step(len(x), ms, before, info)
@@ -541,16 +539,12 @@ class Engine:
                 last_step_ms=self._last_step_ms,
                 mean_step_ms=self._step_ms_total / steps if steps else 0.0,
                 mean_predict_ms=self._predict_ms_total / calls if calls else 0.0,
-                adapt_paused_s=self._first.paused_s if self._first else 0.0,
+                adapt_paused_s=self._first.paused_s,
                 malformed=c["malformed"], resets=c["resets"])
 
     def close(self) -> None:
         """Remove the engine's hook from the model."""
         self._stem_hook.remove()
-
-    def _predicting(self) -> contextlib.AbstractContextManager:
-        """Marks a prediction in flight, so a step on another thread yields to it."""
-        return self._first.predicting() if self._first else contextlib.nullcontext()
 
     def _count_samples(self, _module: nn.Module, inputs: tuple) -> None:
         if inputs and isinstance(inputs[0], torch.Tensor):

@@ -33,11 +33,11 @@ def yield_point() -> None:
 
 class PredictionFirst:
     """:meth:`predicting` marks a classification in flight; :meth:`adapting` makes the calling
-    thread yield to it at every :func:`yield_point`."""
+    thread yield to it at every :func:`yield_point` (``max_pause_s`` 0: it never does)."""
 
     def __init__(self, max_pause_s: float) -> None:
-        if max_pause_s <= 0:
-            raise ValueError(f"max_pause_s must be > 0, got {max_pause_s}")
+        if max_pause_s < 0:
+            raise ValueError(f"max_pause_s must be >= 0, got {max_pause_s}")
         self.max_pause_s = float(max_pause_s)
         self._cond = threading.Condition()
         self._in_flight = 0
@@ -56,10 +56,14 @@ class PredictionFirst:
                 if not self._in_flight:
                     self._cond.notify_all()
 
+    @property
+    def enabled(self) -> bool:
+        return self.max_pause_s > 0
+
     @contextmanager
     def adapting(self) -> Iterator[None]:
         previous = getattr(_local, "gate", None)
-        _local.gate = self
+        _local.gate = self if self.enabled else None
         try:
             yield
         finally:
