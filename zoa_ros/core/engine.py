@@ -41,7 +41,7 @@ from zoa_ros.core.allocator import keep_freed_memory
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.prediction import ClassScore, entropy, top_k
 from zoa_ros.core.prediction_first import PredictionFirst
-from zoa_ros.core.preprocess import Preprocessor, to_pil
+from zoa_ros.core.preprocess import Preprocessor, to_rgb_array
 from zoa_ros.core.quant.model import first_conv_name
 
 MODES = ("batch", "streaming")
@@ -318,7 +318,7 @@ class Engine:
         images = []
         for frame in frames:
             try:
-                images.append(to_pil(frame))
+                images.append(to_rgb_array(frame))
             except (ValueError, TypeError) as e:
                 self.note_malformed(1)
                 raise MalformedFrame(str(e)) from e

@@ -474,8 +474,6 @@ class ZoaNode(LifecycleNode):
                 f"malformed message on {self._input_topic(camera)}: {reason}")
 
     def _inference_loop(self, ready: threading.Event) -> None:
-        from zoa_ros.core.engine import MalformedFrame
-
         use_compute_threads(self.p("inference.threads"))
         ready.set()
         engine = self._engine
@@ -485,41 +483,44 @@ class ZoaNode(LifecycleNode):
             if item is None:
                 continue
             try:
-                frame = conversions.to_array(item.message, item.kind)
-            except MalformedMessage as e:
-                engine.note_malformed(1)
-                self._malformed(item.camera, str(e))
-                continue
-            observe = engine.adapt_enabled
-            start = time.perf_counter()
-            try:
-                prediction = engine.predict(frame, observe=observe)[0]
-            except MalformedFrame as e:   # already counted by the engine
-                self._malformed(item.camera, str(e))
-                continue
-            except Exception as e:
+                self._classify(engine, item)
+            except Exception as e:   # counted and logged: no frame ends the loop
                 self._inference_errors += 1
-                log.error(f"inference failed: {e!r}", throttle_duration_sec=5.0)
-                continue
-            ms = (time.perf_counter() - start) * 1e3
-            self._latency.add(ms)
-            with self._counts_lock:   # counted before publishing: diagnostics never lag a result
-                self._counts[item.camera].classified += 1
-            header = item.message.header
-            bank_entries = engine.stats().bank_entries
-            self._json_pub.publish(String(data=conversions.result_json(
-                header, item.camera, prediction.top, ms, prediction.adapt_steps, bank_entries,
-                prediction.domain_id)))
-            if self._vision_pub is not None:
-                self._vision_pub.publish(conversions.vision_classification(
-                    Classification, ObjectHypothesis, header, prediction.top))
-            if observe:
-                try:
-                    engine.settle()   # the frame's statistics, now that its result is out
-                except Exception as e:
-                    self._inference_errors += 1
-                    log.error(f"folding a frame into the statistics failed: {e!r}",
-                              throttle_duration_sec=5.0)
+                log.error(f"classifying a frame from {item.camera} failed: {e!r}",
+                          throttle_duration_sec=5.0)
+
+    def _classify(self, engine: Any, item: Any) -> None:
+        """Convert, classify and publish one frame, then fold its statistics (adaptation on)."""
+        from zoa_ros.core.engine import MalformedFrame
+
+        try:
+            frame = conversions.to_array(item.message, item.kind)
+        except MalformedMessage as e:
+            engine.note_malformed(1)
+            self._malformed(item.camera, str(e))
+            return
+        observe = engine.adapt_enabled
+        start = time.perf_counter()
+        try:
+            prediction = engine.predict(frame, observe=observe)[0]
+        except MalformedFrame as e:   # already counted by the engine
+            self._malformed(item.camera, str(e))
+            return
+        ms = (time.perf_counter() - start) * 1e3
+        self._latency.add(ms)
+        with self._counts_lock:   # counted before publishing: diagnostics never lag a result
+            self._counts[item.camera].classified += 1
+        header = item.message.header
+        self._json_pub.publish(String(data=conversions.result_json(
+            header, item.camera, prediction.top, ms, prediction.adapt_steps,
+            engine.stats().bank_entries, prediction.domain_id)))
+        if self._vision_pub is not None:
+            self._vision_pub.publish(conversions.vision_classification(
+                Classification, ObjectHypothesis, header, prediction.top))
+        if observe:
+            try:
+                engine.settle()   # the frame's statistics, now that its result is out
+            finally:
                 self._adapt_wake.set()
 
     def _adaptation_loop(self) -> None:

@@ -1,6 +1,8 @@
 """``zoa-ros bench model``: accuracy, single-image latency and batch throughput of model packs,
 all measured in one run on this machine. ``zoa-ros bench node``: end-to-end latency and dropped
-frames of a live zoa_node next to the model's own latency (:mod:`zoa_ros.tools.bench_node`)."""
+frames of a live zoa_node next to the model's own latency (:mod:`zoa_ros.tools.bench_node`).
+``zoa-ros bench preprocess``: resizing camera frames for the model, timm's PIL transform against
+the uint8 tensor path the engine uses (:mod:`zoa_ros.tools.bench_preprocess`)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from zoa_ros.core.images import read_rgb
 from zoa_ros.core.labelled_images import labelled_images
 from zoa_ros.core.pack import ModelPack
 from zoa_ros.core.preprocess import Preprocessor
-from zoa_ros.tools import bench_node
+from zoa_ros.tools import bench_node, bench_preprocess
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", help="also write the results here")
     m.set_defaults(run=run_model)
     bench_node.add_parser(bsub)
+    bench_preprocess.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:

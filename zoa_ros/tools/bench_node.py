@@ -51,12 +51,13 @@ DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counter
 START_TIMEOUT_S = 180.0
 LEGEND = (
     "latencies in ms; e2e = header stamp -> classification_json received; node inf = the node's "
-    "inference_ms (from the JSON: Engine.predict after preprocessing); e2e-inf = the rest "
-    "(transport, waiting in the newest-frame slot while the model is busy, conversion, "
-    "preprocessing); dropped = sent - answered; slot = overwritten in the node's newest-frame "
-    "slot; lost = never reached the node's callback (transport, or pushed out of its DDS queue "
-    "of qos.depth while it was busy; both from the node's /diagnostics); model = wall time of "
-    "Engine.predict on one frame, preprocessing included, in the bench process (a worker "
+    "inference_ms (from the JSON: Engine.predict on the frame's pixels, resize and crop "
+    "included); e2e-inf = the rest (transport both ways, waiting in the newest-frame slot while "
+    "the model is busy, reading the pixels, publishing); dropped = sent - answered; slot = "
+    "overwritten in the node's newest-frame slot; lost = never reached the node's callback "
+    "(transport, or pushed out of its DDS queue of qos.depth while it was busy; both from the "
+    "node's /diagnostics); model = wall time of "
+    "Engine.predict on one frame, resize and crop included, in the bench process (a worker "
     "thread), measured before, between and after the slices of each condition's stream")
 
 
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     pack_path = Path(args.pack) if args.pack else _default_pack(out, args.quant)
     if not pack_path.is_file():
         raise FileNotFoundError(f"no such pack: {pack_path}")
-    frames = {size: _frames(args.frames_source, size) for size in sizes}
+    frames = {size: frames_at(args.frames_source, size) for size in sizes}
 
     from zoa_ros.ros import params
     from zoa_ros.ros.node_process import ros_env
@@ -355,7 +356,7 @@ def _default_pack(out: Path, quant: str) -> Path:
     return path
 
 
-def _frames(source: str, size: tuple[int, int]) -> list[np.ndarray]:
+def frames_at(source: str, size: tuple[int, int]) -> list[np.ndarray]:
     """uint8 HxWx3 RGB frames of ``size`` (w, h) from the sample photos or an image folder."""
     from zoa_ros.ros.virtual_camera import render_frames
 
