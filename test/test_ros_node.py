@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 DOMAIN = 101 + os.getpid() % 100
 START_TIMEOUT = 120.0
+C_REMAP = "image/compressed:=front/compressed"   # node "c": /c/image/compressed -> C_TOPIC
+C_TOPIC = "/c/front/compressed"
 
 os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                   FASTDDS_DEFAULT_PROFILES_FILE=str(PROFILE))
@@ -261,8 +263,9 @@ def setup(make_pack, tmp_path_factory):
     nodes = {
         "main": NodeProcess("/zoa_node", ["--params-file", str(ROOT / "config" / "zoa.yaml"),
                                           "--params-file", str(files["main"])], tmp / "main.log"),
-        "c": NodeProcess("/c/zoa_node", ["-r", "__ns:=/c", "--params-file", str(files["c"])],
-                         tmp / "c.log"),
+        # a namespace and a node-specific remapping, which the camera subscriptions follow
+        "c": NodeProcess("/c/zoa_node", ["-r", "__ns:=/c", "-r", f"zoa_node:{C_REMAP}",
+                                         "--params-file", str(files["c"])], tmp / "c.log"),
     }
     client = Client()
     try:
@@ -513,7 +516,7 @@ def test_bad_dynamic_values_are_rejected_with_a_reason(setup) -> None:
 
 def test_compressed_input(setup) -> None:
     c = setup.client
-    pub = c.publisher(CompressedImage, "/c/image/compressed", RELIABLE)
+    pub = c.publisher(CompressedImage, C_TOPIC, RELIABLE)
     for fmt in ("jpeg", "png"):
         result = c.send_until(pub, lambda i, f=fmt: compressed(f, 100 + i, f"c_{f}"),
                               _result(c, "/c/", frame_id=f"c_{fmt}"))
@@ -561,7 +564,7 @@ def test_min_period_follows_sim_time(setup) -> None:
 
     ticker = threading.Thread(target=tick, daemon=True)
     ticker.start()
-    pub = c.publisher(CompressedImage, "/c/image/compressed", RELIABLE)
+    pub = c.publisher(CompressedImage, C_TOPIC, RELIABLE)
     try:
         ok = c.set_params("/c/zoa_node", use_sim_time=True, adaptation__min_period_s=1000.0)
         assert all(r.successful for r in ok)
@@ -599,7 +602,7 @@ def test_deactivate_autosaves_and_activate_resumes(setup) -> None:
     change = c.call(ChangeState, "/c/zoa_node/change_state", ChangeState.Request(
         transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
     assert change.success and c.state("/c/zoa_node") == "active"
-    pub = c.publisher(CompressedImage, "/c/image/compressed", RELIABLE)
+    pub = c.publisher(CompressedImage, C_TOPIC, RELIABLE)
     c.send_until(pub, lambda i: compressed("png", 300 + i, "c_again"),
                  _result(c, "/c/", frame_id="c_again"))
 

@@ -43,7 +43,6 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.callback_groups import (  # noqa: E402
     MutuallyExclusiveCallbackGroup,
-    ReentrantCallbackGroup,
 )
 from rclpy.clock import Clock, ClockType  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
@@ -62,6 +61,7 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from zoa_ros.core.allocator import keeps_freed_memory  # noqa: E402
 from zoa_ros.ros import conversions  # noqa: E402
+from zoa_ros.ros.camera_inputs import CameraInputs  # noqa: E402
 from zoa_ros.ros.conversions import MalformedMessage  # noqa: E402
 from zoa_ros.ros.diagnostics import (  # noqa: E402
     CameraCounts,
@@ -156,13 +156,12 @@ class ZoaNode(LifecycleNode):
         self._latency = LatencyWindow(self.p("diagnostics.latency_window"))
         self._inference_errors = 0
         self._adapt_errors = 0
-        self._subs: list[Any] = []
+        self._inputs: CameraInputs | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._adapt_wake = threading.Event()
         self._tracker = DiagnosticsTracker(self.get_fully_qualified_name())
 
-        self._input_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._json_pub = self.create_publisher(String, "classification_json", 10)
@@ -416,10 +415,10 @@ class ZoaNode(LifecycleNode):
         kind = "compressed" if self._transport == "compressed" else "raw"
         msg_type = CompressedImage if kind == "compressed" else Image
         qos = self._input_qos()
+        self._inputs = CameraInputs(self)
         for camera in self._cameras:
-            self._subs.append(self.create_subscription(
-                msg_type, self._input_topic(camera), self._input_callback(camera, kind), qos,
-                callback_group=self._input_group))
+            self._inputs.subscribe(msg_type, self._input_topic(camera),
+                                   self._input_callback(camera, kind), qos)
         self._active_since = time.monotonic()
         ready = threading.Event()
         self._threads = [threading.Thread(target=self._inference_loop, args=(ready,),
@@ -430,11 +429,12 @@ class ZoaNode(LifecycleNode):
         ready.wait(10.0)
         use_compute_threads(1)   # threads that compute from now on default to one CPU
         self._threads[1].start()
+        self._inputs.start()
 
     def _stop_streaming(self) -> None:
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
+        if self._inputs is not None:
+            self._inputs.close()
+            self._inputs = None
         self._stop.set()
         self._slots.close()
         self._adapt_wake.set()
