@@ -1,12 +1,12 @@
 """Preprocessing taken from the model's pretrained cfg (resize, center crop, normalize).
 
 The geometry is timm's eval transform for the model's data config. It works on PIL images, and
-its antialiased bicubic resize of a 640x480 camera frame takes about 4 ms on one core, a tenth of
-the model. Where that transform is a plain ``Resize`` + ``CenterCrop`` (timm's default "center"
-crop mode, bilinear or bicubic), the same geometry is applied to the uint8 pixels with torch's
-antialiased uint8 kernel instead, which is written to match PIL: within one intensity level of
-it and about five times faster (``zoa-ros bench preprocess`` measures both). Other transforms
-(squash / border crop modes, other interpolations) run through timm's PIL transform as they are.
+its antialiased bicubic resize of a 640x480 camera frame took 4.5 ms on one core here, a tenth of
+the model. Where that transform is a plain ``Resize`` + ``CenterCrop`` (timm's "center" and
+"squash" crop modes, bilinear or bicubic), the same geometry runs on the uint8 pixels with
+torch's antialiased uint8 kernel, which is written to match PIL: within one intensity level when
+shrinking, and 4.2x faster at 640x480 (``zoa-ros bench preprocess``, docs/RESULTS.md §4.6).
+Other transforms ("border" crop mode, other interpolations) run through timm's PIL transform.
 """
 
 from __future__ import annotations
