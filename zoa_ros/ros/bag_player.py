@@ -56,6 +56,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from zoa_ros.core.bag_files import COMPRESSED, IMAGE  # noqa: E402
 from zoa_ros.core.live_replay import QOS_CHOICES  # noqa: E402
+from zoa_ros.ros.camera_inputs import input_node_name  # noqa: E402
 from zoa_ros.ros.diagnostics import values_of  # noqa: E402
 from zoa_ros.ros.node_process import NodeProcess, call_service, ros_env  # noqa: E402
 
@@ -187,8 +188,11 @@ class BagPlayer:
                 self.lock.wait(min(left, 0.05))
 
     def _node_subscriptions(self, topic: str) -> list[Any]:
+        """The node's subscriptions to ``topic``: zoa_node holds its camera subscriptions on
+        its input node (:mod:`zoa_ros.ros.camera_inputs`)."""
+        names = (self.node_name, input_node_name(self.node_name))
         return [i for i in self.ros.get_subscriptions_info_by_topic(topic)
-                if f"{i.node_namespace.rstrip('/')}/{i.node_name}" == self.node_name]
+                if f"{i.node_namespace.rstrip('/')}/{i.node_name}" in names]
 
     def wait_for_node(self, timeout: float, qos: str = "auto",
                       alive: Callable[[], bool] = lambda: True) -> None:

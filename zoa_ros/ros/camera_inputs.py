@@ -25,13 +25,20 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
+SUFFIX = "_input"
+
+
+def input_node_name(node: str) -> str:
+    """The name of the node that holds ``node``'s camera subscriptions (also fully qualified)."""
+    return node + SUFFIX
+
 
 class CameraInputs:
     """Subscriptions for ``owner``'s cameras on a companion node and executor thread."""
 
     def __init__(self, owner: Node) -> None:
         self._owner = owner
-        self.node = Node(f"{owner.get_name()}_input", namespace=owner.get_namespace(),
+        self.node = Node(input_node_name(owner.get_name()), namespace=owner.get_namespace(),
                          context=owner.context, use_global_arguments=False,
                          start_parameter_services=False)
         self._executor = SingleThreadedExecutor(context=owner.context)
