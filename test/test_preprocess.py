@@ -24,6 +24,12 @@ def reference(pre: Preprocessor, image: np.ndarray) -> np.ndarray:
     return (tensor.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
+def test_pil_crop_is_timms_transform() -> None:
+    pre = Preprocessor(LITE0)
+    frame = frames((640, 480))[1]
+    assert np.array_equal(pre.pil_crop(frame).permute(1, 2, 0).numpy(), reference(pre, frame))
+
+
 def frames(size: tuple[int, int]) -> list[np.ndarray]:
     return [cv2.resize(load_photo(n), size, interpolation=cv2.INTER_AREA) for n in PHOTOS[:4]]
 

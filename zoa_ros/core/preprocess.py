@@ -54,12 +54,17 @@ class Preprocessor:
     def crop_tensor(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """Resize + center crop only: uint8 3xHxW at the model's input size (no normalization)."""
         if self.resize_crop is None:
-            tensor = self.geometry(to_pil(image))
-            return tensor.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+            return self.pil_crop(image)
         pixels = to_rgb_array(image)
         if not pixels.flags.writeable:   # e.g. a view of a message's bytes: torch wants to own it
             pixels = pixels.copy()
         return self.resize_crop(torch.from_numpy(pixels).permute(2, 0, 1))
+
+    def pil_crop(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """:meth:`crop_tensor` through timm's PIL transform, whatever the geometry (the
+        reference the tensor path is measured against)."""
+        tensor = self.geometry(to_pil(image))
+        return tensor.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
     def crop(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """Resize + center crop only: uint8 HxWx3 at the model's input size (no normalization).
@@ -106,7 +111,8 @@ def tensor_geometry(transform: Callable) -> Callable[[torch.Tensor], torch.Tenso
 def resized_size(hw: Sequence[int], size: int | Sequence[int], max_size: int | None
                  ) -> tuple[int, int]:
     """(h, w) after torchvision's ``Resize(size, max_size=max_size)`` of an ``hw`` image: an int
-    (or 1-sequence) sets the shorter side and keeps the aspect ratio, a pair is (h, w)."""
+    (or 1-sequence) sets the shorter side and keeps the aspect ratio, a pair is (h, w).
+    torchvision's own computation is private (``_compute_resized_output_size``)."""
     if isinstance(size, Sequence) and len(size) == 2:
         return int(size[0]), int(size[1])
     short_target = int(size[0] if isinstance(size, Sequence) else size)

@@ -46,11 +46,10 @@ class CameraInputs:
         self._thread: threading.Thread | None = None
 
     def subscribe(self, msg_type: type, topic: str, callback: Callable[[Any], None],
-                  qos: QoSProfile) -> str:
-        """Subscribe to ``topic`` as the owner names it; returns the resolved name."""
-        name = self._owner.resolve_topic_name(topic)
-        self.node.create_subscription(msg_type, name, callback, qos)
-        return name
+                  qos: QoSProfile) -> None:
+        """Subscribe to ``topic`` as the owner names it (its namespace and remappings)."""
+        self.node.create_subscription(msg_type, self._owner.resolve_topic_name(topic), callback,
+                                      qos)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._executor.spin, name="zoa_camera_inputs",

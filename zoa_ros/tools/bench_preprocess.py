@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from zoa_ros.core.preprocess import Preprocessor, to_pil
+from zoa_ros.core.preprocess import Preprocessor
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -60,8 +60,7 @@ def timed(convert: Callable[[np.ndarray], object], frames: Sequence[np.ndarray],
 def compare(pre: Preprocessor, frames: Sequence[np.ndarray], runs: int) -> dict:
     """Both paths on ``frames``: p50 ms each, the speed-up, and the pixel difference (levels)."""
     def reference(frame: np.ndarray) -> np.ndarray:
-        tensor = pre.geometry(to_pil(frame))
-        return (tensor.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        return pre.pil_crop(frame).permute(1, 2, 0).numpy()
 
     diffs = [np.abs(reference(f).astype(np.int16) - pre.crop(f).astype(np.int16))
              for f in frames]
