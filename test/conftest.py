@@ -336,7 +336,6 @@ def without_timing(value):
     return value
 
 
-
 @dataclass
 class BackgroundSteps:
     """Adaptation steps running on another thread (:func:`steps_in_background`)."""
@@ -354,8 +353,6 @@ def steps_in_background():
     is set before the first, ``finished`` after the last; exceptions land in ``errors``."""
 
     def start(eng, forced: int = 3, due_first: bool = False) -> BackgroundSteps:
-        steps = BackgroundSteps(threading.Thread())
-
         def adapter() -> None:
             try:
                 steps.started.set()
@@ -368,7 +365,7 @@ def steps_in_background():
             finally:
                 steps.finished.set()
 
-        steps.thread = threading.Thread(target=adapter)
+        steps = BackgroundSteps(threading.Thread(target=adapter))
         steps.thread.start()
         return steps
 

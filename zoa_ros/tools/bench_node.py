@@ -18,8 +18,8 @@ the node runs its inference (see :mod:`zoa_ros.core.threads`)), a warm-up stream
 counted, a pause until the node has answered and published fresh counters, then the measured
 stream in ``--blocks`` slices, with the model's runs shared out before, between and after
 them: the speed of a shared machine drifts by a fifth or more within minutes, and measured only
-before and after the stream the model saw other minutes than the node. Targets: at p50 the node adds
-<= 10 % to the model (node p50 / model p50, with adaptation off) and adaptation in the
+before and after the stream the model saw other minutes than the node. Targets: at p50 the node
+adds <= 10 % to the model (node p50 / model p50, with adaptation off) and adaptation in the
 background raises p99 by <= 50 % (p99 on / p99 off).
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
@@ -56,9 +56,9 @@ LEGEND = (
     "the model is busy, reading the pixels, publishing); dropped = sent - answered; slot = "
     "overwritten in the node's newest-frame slot; lost = never reached the node's callback "
     "(transport, or pushed out of its DDS queue of qos.depth while it was busy; both from the "
-    "node's /diagnostics); model = wall time of "
-    "Engine.predict on one frame, resize and crop included, in the bench process (a worker "
-    "thread), measured before, between and after the slices of each condition's stream")
+    "node's /diagnostics); model = wall time of Engine.predict on one frame, resize and crop "
+    "included, in the bench process (a worker thread), measured before, between and after the "
+    "slices of each condition's stream")
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
