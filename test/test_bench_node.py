@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,28 @@ def test_p99_ratio_interval_covers_the_true_ratio_and_narrows_with_more_frames()
     assert bench_node.percentile_ratio_interval([1.0], off) is None
 
 
+def test_model_latency_at_a_camera_rate() -> None:
+    """With a period, each call starts one period after the one before, or at once when that
+    one ran over; it never bursts to catch up."""
+    starts: list[float] = []
+
+    def predict(frame: float) -> None:
+        starts.append(time.monotonic())
+        time.sleep(frame)
+
+    assert len(bench_node.model_latency(predict, [0.0], 6, warmup=0, period=0.05)) == 6
+    gaps = np.diff(starts)
+    assert gaps.min() >= 0.045 and np.median(gaps) < 0.07
+    starts.clear()
+    times = bench_node.model_latency(predict, [0.0, 0.08], 6, warmup=0, period=0.05)
+    assert [t > 70 for t in times] == [False, True] * 3
+    gaps = np.diff(starts)   # after an 80-ms call the next starts at once, then back on pace
+    assert all(g >= 0.045 for g in gaps) and gaps[1::2].max() < 0.1
+    starts.clear()
+    bench_node.model_latency(predict, [0.0], 4, warmup=0)   # back to back
+    assert np.diff(starts).max() < 0.02
+
+
 def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     _, pack = make_pack("test_resnet", "w8a8")
     out = tmp_path / "bench.json"
@@ -68,6 +91,8 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert lat["n"] == c["answered"] and 0 < lat["p50"] <= lat["p99"]
         assert model["n"] == 10 and 0 < model["p50"] <= model["p99"]
         assert len(model["p50_blocks"]) == 3   # before, between and after the 2 slices
+        tight = c["model_back_to_back_ms"]
+        assert tight["n"] == 10 and len(tight["p50_blocks"]) == 3
         node = c["node"]
         assert node is not None and node["received"] > 0 and node["classified"] > 0
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
@@ -81,6 +106,10 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert r["p99_on_over_p99_off"] == pytest.approx(
             on["latency_ms"]["p99"] / off["latency_ms"]["p99"])
         assert r["p50_target_met"] == (r["node_p50_over_model_p50_off"] <= 1.10)
+        assert r["node_p50_over_model_back_to_back_p50_off"] == pytest.approx(
+            off["latency_ms"]["p50"] / off["model_back_to_back_ms"]["p50"])
+        assert r["model_p50_over_back_to_back_p50_off"] == pytest.approx(
+            off["model_ms"]["p50"] / off["model_back_to_back_ms"]["p50"])
         lo, hi = r["p99_on_over_p99_off_ci95"]
         assert 0 < lo <= hi
         assert on["latency_samples_ms"] and len(on["latency_samples_ms"]) == on["answered"]
@@ -96,4 +125,5 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert r["floor_p50_over_model_p50"] == pytest.approx(
             c["latency_ms"]["p50"] / by[(c["size"], "off")]["model_ms"]["p50"])
     assert "transport floor (relay_node, no model)" in result.stdout
+    assert "against the model back to back" in result.stdout
     assert report["machine"]["cpus"] >= 1 and report["settings"]["rate_hz"] == 30.0
