@@ -611,27 +611,23 @@ class _Bench:
         name = f"{size[0]}x{size[1]}"
         key = f"{name}/{adapt}"
         slices = np.array_split(np.arange(self.args.model_runs), self.args.blocks + 1)
-        blocks: list[list[float]] = []        # at the camera's rate
+        paced: list[list[float]] = []         # once per camera period
         tight: list[list[float]] = []         # back to back
 
         def model_block() -> None:
-            runs = len(slices[len(blocks)])
+            runs = len(slices[len(paced)])
             print(f"{key}: model latency ({runs} runs at {self.args.rate:g} Hz, {runs} back "
                   f"to back) ...", flush=True)
-            warmup = 1 if blocks else 3
-            for paced in (True, False) if len(blocks) % 2 == 0 else (False, True):
-                times = self._model_latency(engine, frames, runs, warmup,
-                                            1.0 / self.args.rate if paced else 0.0)
-                (blocks if paced else tight).append(times)
+            warmup = 1 if paced else 3
+            for period in ((1.0 / self.args.rate, 0.0) if len(paced) % 2 == 0
+                           else (0.0, 1.0 / self.args.rate)):
+                (paced if period else tight).append(
+                    self._model_latency(engine, frames, runs, warmup, period))
                 warmup = 0
 
         counters: list[dict[str, float] | None] = []
         sent, elapsed, answers = self._measure(key, frames, counters, model_block)
         before, after = counters
-        model = summary([ms for block in blocks for ms in block])
-        model["p50_blocks"] = [summary(block)["p50"] for block in blocks]
-        back_to_back = summary([ms for block in tight for ms in block])
-        back_to_back["p50_blocks"] = [summary(block)["p50"] for block in tight]
         answered = len(answers)
         node = _delta(before, after) if before and after else None
         if node is not None:
@@ -645,7 +641,8 @@ class _Bench:
                 "latency_samples_ms": [round(a[0], 3) for a in answers],
                 "node_inference_ms": summary([a[1] for a in answers]),
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
-                "model_ms": model, "model_back_to_back_ms": back_to_back, "node": node}
+                "model_ms": _pooled(paced), "model_back_to_back_ms": _pooled(tight),
+                "node": node}
 
     def _measure(self, key: str, frames: list[np.ndarray], counters: list | None = None,
                  between: Callable[[], None] | None = None
@@ -735,6 +732,13 @@ class _Bench:
                 "adaptation_skipped": num("adaptation_skipped"),
                 "inference_errors": num("inference_errors"),
                 "last_step_ms": num("last_step_ms")}
+
+
+def _pooled(blocks: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """:func:`summary` of all the blocks' times, with each block's own p50 (``p50_blocks``)."""
+    out: dict[str, Any] = summary([ms for block in blocks for ms in block])
+    out["p50_blocks"] = [summary(block)["p50"] for block in blocks]
+    return out
 
 
 def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
