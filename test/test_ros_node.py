@@ -2,7 +2,8 @@
 
 Two node processes are shared by the module (started together): ``/zoa_node`` with
 ``config/zoa.yaml`` plus test overrides (raw images, two cameras, shipped best-effort QoS) and
-``/c/zoa_node`` (compressed input, reliable QoS). The last test stops both with SIGINT. Every
+``/c/zoa_node`` (compressed input, reliable QoS, classification pinned to a CPU of its own
+where there are two). The last test stops both with SIGINT. Every
 wait polls with a timeout (discovery can take ~3 s); every subprocess has a timeout.
 """
 
@@ -24,6 +25,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CPUS = os.sched_getaffinity(0)
+C_CPU = max(CPUS) if len(CPUS) > 1 else None   # node "c" classifies on this CPU alone
 PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 DOMAIN = 101 + os.getpid() % 100
 START_TIMEOUT = 120.0
@@ -255,6 +258,7 @@ def setup(make_pack, tmp_path_factory):
                       "knowledge": {"bank_path": str(tmp / "main.zoabank")}}
     c_overrides = {**small, "transport": "compressed",
                    "qos": {"reliability": "reliable", "depth": 10},
+                   "inference": {"cpus": "" if C_CPU is None else str(C_CPU)},
                    "knowledge": {"bank_path": str(tmp / "c.zoabank")}}
     files = {}
     for name, values in (("main", main_overrides), ("c", c_overrides)):
@@ -621,6 +625,29 @@ def test_only_the_adaptation_thread_runs_at_idle_priority(setup) -> None:
     assert len(policies) > 1
 
 
+def _thread_cpus(pid: int) -> list[set[int]]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.append(os.sched_getaffinity(int(task.name)))
+        except OSError:   # the thread ended meanwhile
+            continue
+    return out
+
+
+@pytest.mark.skipif(C_CPU is None, reason="needs two CPUs")
+def test_inference_cpus_reserve_a_cpu_for_classification(setup) -> None:
+    """Node "c" (inference.cpus = the last CPU): one thread, classification with its one compute
+    thread, runs on that CPU alone and every other thread on the rest; the unpinned node keeps
+    every thread on every CPU. Node "c" classifies all along (test_compressed_input)."""
+    pinned = _thread_cpus(setup.nodes["c"].proc.pid)
+    assert pinned.count({C_CPU}) == 1
+    assert pinned.count(CPUS - {C_CPU}) == len(pinned) - 1 > 0
+    assert all(cpus == CPUS for cpus in _thread_cpus(setup.nodes["main"].proc.pid))
+    assert f"classification on CPU(s) {C_CPU}, the node's other threads on" in \
+        setup.nodes["c"].output()
+
+
 def test_sigint_exits_cleanly_and_autosaves(setup) -> None:
     main, comp = setup.nodes["main"], setup.nodes["c"]
     main_bank = Path(setup.overrides["knowledge"]["bank_path"])
@@ -643,8 +670,16 @@ def test_start_up_errors_are_clear(tmp_path: Path) -> None:
                              text=True, timeout=60, env=env)
     assert no_pack.returncode == 1
     assert "parameter 'pack' is empty" in no_pack.stderr + no_pack.stdout
-    bad = subprocess.run([*run, "-p", "adaptation.interval_frames:=0", "-p", "transport:=h264"],
+    bad = subprocess.run([*run, "-p", "adaptation.interval_frames:=0", "-p", "transport:=h264",
+                          "-p", "inference.cpus:=fast"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2
     assert "adaptation.interval_frames" in bad.stderr and "transport" in bad.stderr
+    assert "inference.cpus: bad CPU list 'fast'" in bad.stderr
+    far = max(CPUS) + 1
+    absent = subprocess.run([*run, "-p", "knowledge.autoload:=false", "-p",
+                             f"inference.cpus:={far}"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert absent.returncode == 1
+    assert f"inference.cpus: CPU(s) {far} not available" in absent.stderr + absent.stdout
 

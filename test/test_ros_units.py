@@ -227,6 +227,10 @@ def test_validate_rejects_with_reasons() -> None:
     assert "at least one" in P.validate("image_topics", [])
     assert "twice" in P.validate("image_topics", ["a", "a"])
     assert "must be a bool" in P.validate("adaptation.enabled", 1)
+    for cpus in ("", "1", 1, [0, 1], "2-3,6"):   # one parameter, several ROS types
+        assert P.validate("inference.cpus", cpus) is None, cpus
+    assert "inference.cpus: bad CPU list" in P.validate("inference.cpus", "fast")
+    assert P.descriptor(P.BY_NAME["inference.cpus"]).dynamic_typing
     d = P.descriptor(P.BY_NAME["pack"])
     assert d.read_only and "restart" in d.additional_constraints
     assert P.descriptor(P.BY_NAME["adaptation.interval_frames"]).integer_range[0].from_value == 1

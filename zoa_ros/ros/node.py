@@ -60,6 +60,13 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from zoa_ros.core.allocator import keeps_freed_memory  # noqa: E402
+from zoa_ros.core.cpus import (  # noqa: E402
+    format_cpus,
+    parse_cpus,
+    pin_threads,
+    process_cpus,
+    reserve_cpus,
+)
 from zoa_ros.ros import conversions  # noqa: E402
 from zoa_ros.ros.camera_inputs import CameraInputs  # noqa: E402
 from zoa_ros.ros.conversions import MalformedMessage  # noqa: E402
@@ -158,6 +165,8 @@ class ZoaNode(LifecycleNode):
         self._adapt_errors = 0
         self._inputs: CameraInputs | None = None
         self._threads: list[threading.Thread] = []
+        self._inference_cpus = parse_cpus(self.p("inference.cpus"))
+        self._process_cpus: frozenset[int] = frozenset()
         self._stop = threading.Event()
         self._adapt_wake = threading.Event()
         self._tracker = DiagnosticsTracker(self.get_fully_qualified_name())
@@ -288,12 +297,25 @@ class ZoaNode(LifecycleNode):
 
     # ---- configure ----------------------------------------------------------------------
     def _build_engine(self) -> Any:
+        self._check_cpus()
         use_compute_threads(1)   # only the inference thread computes on several CPUs
         pack = self._load_pack()
         from zoa_ros.core.engine import Engine
 
         config = self.engine_config(self.p, len(pack.labels))
         return Engine(pack, config, clock=self._node_seconds)
+
+    def _check_cpus(self) -> None:
+        """ValueError unless inference.cpus is empty or among the CPUs this process may use."""
+        if not self._inference_cpus:
+            return
+        if not hasattr(os, "sched_setaffinity"):
+            raise ValueError("inference.cpus needs Linux (CPU affinity); leave it empty here")
+        self._process_cpus = process_cpus()
+        missing = self._inference_cpus - self._process_cpus
+        if missing:
+            raise ValueError(f"inference.cpus: CPU(s) {format_cpus(missing)} not available; "
+                             f"this process may use {format_cpus(self._process_cpus)}")
 
     @staticmethod
     def engine_config(p: Callable[[str], Any], num_labels: int) -> Any:
@@ -441,6 +463,8 @@ class ZoaNode(LifecycleNode):
         for thread in self._threads:
             thread.join(timeout=60)
         self._threads = []
+        if self._inference_cpus and self._process_cpus:
+            pin_threads(self._process_cpus)   # every thread back on the process's CPUs
         self._active_since = None
 
     def _input_callback(self, camera: str, kind: str) -> Any:
@@ -474,10 +498,12 @@ class ZoaNode(LifecycleNode):
                 f"malformed message on {self._input_topic(camera)}: {reason}")
 
     def _inference_loop(self, ready: threading.Event) -> None:
+        log = self.get_logger()
+        if self._inference_cpus:
+            self._reserve_cpus()
         use_compute_threads(self.p("inference.threads"))
         ready.set()
         engine = self._engine
-        log = self.get_logger()
         while not self._stop.is_set():
             item = self._slots.take(timeout=0.25)
             if item is None:
@@ -488,6 +514,18 @@ class ZoaNode(LifecycleNode):
                 self._inference_errors += 1
                 log.error(f"classifying a frame from {item.camera} failed: {e!r}",
                           throttle_duration_sec=5.0)
+
+    def _reserve_cpus(self) -> None:
+        """inference.cpus for this (the inference) thread, the rest for the others."""
+        log = self.get_logger()
+        try:
+            rest = reserve_cpus(self._inference_cpus, self._process_cpus)
+        except OSError as e:
+            log.warning(f"inference.cpus: cannot pin the threads ({e}); the scheduler places them")
+            return
+        log.info(f"classification on CPU(s) {format_cpus(self._inference_cpus)}, the node's "
+                 f"other threads on " + (format_cpus(rest) if rest else
+                                        "any (inference.cpus leaves none for them)"))
 
     def _classify(self, engine: Any, item: Any) -> None:
         """Convert, classify and publish one frame, then fold its statistics (adaptation on)."""

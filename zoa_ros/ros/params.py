@@ -9,11 +9,12 @@ others are validated in the node's set-parameters callback and applied while it 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from zoa_ros.core.config_files import config_path
+from zoa_ros.core.cpus import parse_cpus
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Spec:
     high: float | None = None
     choices: tuple[str, ...] = ()
     constraints: str = ""               # extra human-readable constraint text
+    check: Callable[[Any], str | None] | None = None   # validates instead of the kind's rules
+    dynamic_typing: bool = False        # several ROS types accepted (``check`` says which)
 
     @property
     def kind(self) -> type:
@@ -33,6 +36,15 @@ class Spec:
 
 
 INT_MAX = 2**31 - 1
+
+
+def _cpu_list_error(value: Any) -> str | None:
+    try:
+        parse_cpus(value)
+    except ValueError as e:
+        return f"inference.cpus: {e}"
+    return None
+
 
 SPECS: tuple[Spec, ...] = (
     # ---- start-up -------------------------------------------------------------------------
@@ -58,6 +70,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("inference.threads", 1, "CPU compute threads of classification (0: all CPUs this "
          "process may use; more than 1 is faster only while no other process wants those CPUs: "
          "docs/RESULTS.md §4.2)", read_only=True, low=0, high=256),
+    Spec("inference.cpus", "", "CPUs that only classification runs on, the node's other threads "
+         "on the rest of the process's CPUs: a Linux CPU list ('3', '2-3,6') or a list of CPU "
+         "numbers; empty: wherever the scheduler puts it (docs/RESULTS.md §4.8)",
+         read_only=True, check=_cpu_list_error, dynamic_typing=True,
+         constraints="CPU list, a CPU number or a list of them"),
     Spec("inference.keep_freed_memory", True, "keep freed memory in the process (glibc malloc "
          "settings; resident memory stays at its peak) instead of page-faulting activations in "
          "again on every forward pass; process-wide, set once", read_only=True),
@@ -156,6 +173,8 @@ def validate(name: str, value: Any) -> str | None:
     spec = BY_NAME.get(name)
     if spec is None:
         return None
+    if spec.check is not None:
+        return spec.check(value)
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if spec.kind is list:
@@ -194,9 +213,11 @@ def descriptor(spec: Spec) -> Any:
         text = "; ".join(filter(None, [f"one of {', '.join(spec.choices)}", text]))
     if spec.read_only:
         text = "; ".join(filter(None, [text, "read-only: restart to change"]))
-    d = ParameterDescriptor(name=spec.name, type=types[spec.kind],
-                            description=spec.description, additional_constraints=text,
-                            read_only=spec.read_only)
+    d = ParameterDescriptor(name=spec.name, description=spec.description,
+                            additional_constraints=text, read_only=spec.read_only,
+                            dynamic_typing=spec.dynamic_typing)
+    if not spec.dynamic_typing:
+        d.type = types[spec.kind]
     if spec.kind is int and spec.low is not None:
         d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
                                         step=0)]

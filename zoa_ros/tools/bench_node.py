@@ -508,6 +508,7 @@ class _Bench:
 
     # ---- orchestration ----
     def run(self) -> dict:
+        from zoa_ros.core.cpus import parse_cpus
         from zoa_ros.core.threads import use_compute_threads
         from zoa_ros.ros.node_process import NodeProcess
 
@@ -515,6 +516,9 @@ class _Bench:
         print(f"loading {self.pack_path} for the model's latency ...", flush=True)
         use_compute_threads(1)    # as in the node: only the model thread uses several CPUs
         engine = _model_engine(self.pack_path, values)
+        cpus = parse_cpus(values["inference.cpus"])
+        if cpus:   # as the node's inference thread (this process's other threads stay put)
+            self.model_thread.submit(os.sched_setaffinity, 0, cpus).result()
         self.model_thread.submit(use_compute_threads, int(values["inference.threads"])).result()
         use_compute_threads(1)
         self.spinner.start()

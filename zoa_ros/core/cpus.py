@@ -1,0 +1,99 @@
+"""CPUs for one latency-critical thread: parse a CPU list and pin threads (Linux affinity).
+
+A model on one compute thread runs slower when the scheduler moves it between CPUs and lets the
+process's other threads (DDS, executors, the camera callback) preempt it. Giving the thread
+CPUs of its own, and every other thread of the process the rest, keeps both off its CPUs:
+:func:`reserve_cpus`. Threads started later inherit the CPUs of the thread that starts them.
+Other processes (a camera driver) are the system's to place (``taskset``, cgroup cpusets).
+
+Written here because the standard library has the system calls (``os.sched_setaffinity``) but
+nothing that applies them to the other threads of a process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def parse_cpus(value: int | str | Iterable[int]) -> frozenset[int]:
+    """A CPU list as Linux writes it (``"2-3,6"``), one CPU number, or a list of numbers ->
+    the CPU numbers; ``""`` and ``[]`` -> none. ValueError says what is wrong."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected CPU numbers, got {value!r}")
+    if isinstance(value, int):
+        items: list[int] = [value]
+    elif isinstance(value, str):
+        items = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            low, sep, high = part.partition("-")
+            if not low.strip().isdigit() or (sep and not high.strip().isdigit()):
+                raise ValueError(f"bad CPU list {value!r}: expected e.g. 3 or 2-3,6")
+            first, last = int(low), int(high) if sep else int(low)
+            if last < first:
+                raise ValueError(f"bad CPU range {part!r} in {value!r}: the end is below the start")
+            items.extend(range(first, last + 1))
+    else:
+        items = list(value) if isinstance(value, Iterable) else [None]   # type: ignore[list-item]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise ValueError(f"expected CPU numbers, got {value!r}")
+    if any(c < 0 for c in items):
+        raise ValueError(f"CPU numbers are >= 0, got {value!r}")
+    return frozenset(items)
+
+
+def format_cpus(cpus: Iterable[int]) -> str:
+    """{0, 1, 2, 5} -> ``"0-2,5"``."""
+    out: list[str] = []
+    for c in sorted(cpus):
+        if out and out[-1].split("-")[-1] == str(c - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+def process_cpus() -> frozenset[int]:
+    """The CPUs this process's main thread may run on (the process's affinity)."""
+    return frozenset(os.sched_getaffinity(os.getpid()))
+
+
+def thread_cpus(tid: int | None = None) -> frozenset[int]:
+    """The CPUs thread ``tid`` (default: the calling thread) may run on."""
+    return frozenset(os.sched_getaffinity(threading.get_native_id() if tid is None else tid))
+
+
+def thread_ids() -> list[int]:
+    """The kernel ids of this process's threads."""
+    return [int(t.name) for t in Path(f"/proc/{os.getpid()}/task").iterdir()]
+
+
+def pin_threads(cpus: Iterable[int], skip: int | None = None) -> None:
+    """Let every thread of this process but ``skip`` run on ``cpus`` only."""
+    cpus = frozenset(cpus)
+    for tid in thread_ids():
+        if tid == skip:
+            continue
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:   # it ended meanwhile
+            continue
+
+
+def reserve_cpus(cpus: Iterable[int], allowed: Iterable[int]) -> frozenset[int]:
+    """Run the calling thread on ``cpus`` only and every other thread of this process on the
+    rest of ``allowed`` (the process's CPUs); returns that rest. With no rest, the other threads
+    keep their CPUs. Undo with ``pin_threads(allowed)``. ValueError when ``cpus`` is empty or
+    not within ``allowed``; OSError when the system refuses."""
+    cpus, allowed = frozenset(cpus), frozenset(allowed)
+    if not cpus or not cpus <= allowed:
+        raise ValueError(f"CPUs {format_cpus(cpus) or '(none)'} are not among this process's "
+                         f"{format_cpus(allowed)}")
+    me = threading.get_native_id()
+    rest = allowed - cpus
+    if rest:
+        pin_threads(rest, skip=me)
+    os.sched_setaffinity(me, cpus)
+    return rest
