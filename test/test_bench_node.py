@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zoa_ros.core.cpus import format_cpus
 from zoa_ros.tools import bench_node
 
 CLI = str(Path(sys.executable).with_name("zoa-ros"))
@@ -66,6 +67,9 @@ def test_model_latency_at_a_camera_rate() -> None:
 def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     _, pack = make_pack("test_resnet", "w8a8")
     out = tmp_path / "bench.json"
+    cpus = os.sched_getaffinity(0)
+    last = max(cpus)   # with two CPUs or more: classification (node and model) on this one
+    pin = ["--param", f"inference.cpus:={last}"] if len(cpus) > 1 else []
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ROS_", "FASTDDS_", "RMW_"))}
     result = subprocess.run(
@@ -75,12 +79,17 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
          # one inference thread helps there too): small batches, and nice instead of
          # SCHED_IDLE (no CPU at all on a saturated machine)
          "--param", "adaptation.batch_size:=8", "--param", "adaptation.interval_frames:=8",
-         "--param", "adaptation.idle_priority:=false",
+         "--param", "adaptation.idle_priority:=false", *pin,
          "--out", str(tmp_path / "run"), "--json", str(out)],
         capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "p99 adaptation on / off" in result.stdout and "machine:" in result.stdout
     report = json.loads(out.read_text())
+    assert report["settings"]["model_thread_cpus"] == (str(last) if pin else
+                                                       format_cpus(cpus))
+    if pin:
+        log = (tmp_path / "run" / "node_adaptation_off.log").read_text()
+        assert f"classification on CPU(s) {last}, the node's other threads on" in log
     conditions = report["conditions"]
     assert [(c["size"], c["adaptation"]) for c in conditions] == [
         ("224x224", "off"), ("640x480", "off"), ("224x224", "on"), ("640x480", "on")]

@@ -603,6 +603,8 @@ def test_deactivate_autosaves_and_activate_resumes(setup) -> None:
     assert change.success and c.state("/c/zoa_node") == "inactive"
     assert bank.is_file()
     assert c.diag("/c/zoa_node: classifier")["health"] == "WARN"   # "node is inactive"
+    assert all(cpus == CPUS for cpus in _per_thread(os.sched_getaffinity,   # unpinned
+                                                    setup.nodes["c"].proc.pid))
     change = c.call(ChangeState, "/c/zoa_node/change_state", ChangeState.Request(
         transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
     assert change.success and c.state("/c/zoa_node") == "active"
@@ -614,23 +616,18 @@ def test_deactivate_autosaves_and_activate_resumes(setup) -> None:
 def test_only_the_adaptation_thread_runs_at_idle_priority(setup) -> None:
     """The running node (shipped config) has exactly one SCHED_IDLE thread: adaptation, with
     one compute thread, so no OpenMP worker of its own; classification keeps normal priority."""
-    pid = setup.nodes["main"].proc.pid
-    policies = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            policies.append(os.sched_getscheduler(int(task.name)))
-        except OSError:   # the thread ended meanwhile
-            continue
+    policies = _per_thread(os.sched_getscheduler, setup.nodes["main"].proc.pid)
     assert policies.count(os.SCHED_IDLE) == 1
     assert len(policies) > 1
 
 
-def _thread_cpus(pid: int) -> list[set[int]]:
+def _per_thread(query: Callable[[int], Any], pid: int) -> list[Any]:
+    """``query(tid)`` for each thread of process ``pid`` (threads that end meanwhile skipped)."""
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            out.append(os.sched_getaffinity(int(task.name)))
-        except OSError:   # the thread ended meanwhile
+            out.append(query(int(task.name)))
+        except OSError:
             continue
     return out
 
@@ -640,10 +637,11 @@ def test_inference_cpus_reserve_a_cpu_for_classification(setup) -> None:
     """Node "c" (inference.cpus = the last CPU): one thread, classification with its one compute
     thread, runs on that CPU alone and every other thread on the rest; the unpinned node keeps
     every thread on every CPU. Node "c" classifies all along (test_compressed_input)."""
-    pinned = _thread_cpus(setup.nodes["c"].proc.pid)
+    pinned = _per_thread(os.sched_getaffinity, setup.nodes["c"].proc.pid)
     assert pinned.count({C_CPU}) == 1
     assert pinned.count(CPUS - {C_CPU}) == len(pinned) - 1 > 0
-    assert all(cpus == CPUS for cpus in _thread_cpus(setup.nodes["main"].proc.pid))
+    assert all(cpus == CPUS for cpus in _per_thread(os.sched_getaffinity,
+                                                    setup.nodes["main"].proc.pid))
     assert f"classification on CPU(s) {C_CPU}, the node's other threads on" in \
         setup.nodes["c"].output()
 

@@ -1,10 +1,10 @@
 """CPUs for one latency-critical thread: parse a CPU list and pin threads (Linux affinity).
 
-A model on one compute thread runs slower when the scheduler moves it between CPUs and lets the
-process's other threads (DDS, executors, the camera callback) preempt it. Giving the thread
-CPUs of its own, and every other thread of the process the rest, keeps both off its CPUs:
-:func:`reserve_cpus`. Threads started later inherit the CPUs of the thread that starts them.
-Other processes (a camera driver) are the system's to place (``taskset``, cgroup cpusets).
+Unpinned, the scheduler moves a latency-critical thread between CPUs and lets the process's
+other threads (DDS, executors, the camera callback) preempt it. :func:`reserve_cpus` gives the
+thread CPUs of its own and every other thread of the process the rest; threads started later
+inherit the CPUs of the thread that starts them. Other processes (a camera driver) are the
+system's to place (``taskset``, cgroup cpusets). What it bought on two CPUs: docs/RESULTS.md §4.8.
 
 Written here because the standard library has the system calls (``os.sched_setaffinity``) but
 nothing that applies them to the other threads of a process.

@@ -508,7 +508,7 @@ class _Bench:
 
     # ---- orchestration ----
     def run(self) -> dict:
-        from zoa_ros.core.cpus import parse_cpus
+        from zoa_ros.core.cpus import format_cpus, parse_cpus, thread_cpus
         from zoa_ros.core.threads import use_compute_threads
         from zoa_ros.ros.node_process import NodeProcess
 
@@ -519,6 +519,7 @@ class _Bench:
         cpus = parse_cpus(values["inference.cpus"])
         if cpus:   # as the node's inference thread (this process's other threads stay put)
             self.model_thread.submit(os.sched_setaffinity, 0, cpus).result()
+        model_cpus = format_cpus(self.model_thread.submit(thread_cpus).result())
         self.model_thread.submit(use_compute_threads, int(values["inference.threads"])).result()
         use_compute_threads(1)
         self.spinner.start()
@@ -557,7 +558,7 @@ class _Bench:
             "settings": {"pack": str(self.pack_path), "rate_hz": a.rate, "seconds": a.seconds,
                          "warmup_s": a.warmup, "sizes": a.sizes,
                          "frames_source": a.frames_source, "model_runs": a.model_runs,
-                         "blocks": a.blocks,
+                         "blocks": a.blocks, "model_thread_cpus": model_cpus,
                          "encoding": "rgb8", "camera_qos": "sensor data (best effort)",
                          "params_overrides": {k: str(v) for k, v in self.extra.items()},
                          "adaptation_method": values["adaptation.method"],
