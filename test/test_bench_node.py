@@ -55,13 +55,25 @@ def test_model_latency_at_a_camera_rate() -> None:
     gaps = np.diff(starts)
     assert gaps.min() >= 0.045 and np.median(gaps) < 0.07
     starts.clear()
-    times = bench_node.model_latency(predict, [0.0, 0.08], 6, warmup=0, period=0.05)
+    cpu: list[float] = []
+    times = bench_node.model_latency(predict, [0.0, 0.08], 6, warmup=0, period=0.05,
+                                     cpu_ms=cpu)
     assert [t > 70 for t in times] == [False, True] * 3
+    assert len(cpu) == 6 and max(cpu) < 20   # asleep, not on a CPU
     gaps = np.diff(starts)   # after an 80-ms call the next starts at once, then back on pace
     assert all(g >= 0.045 for g in gaps) and gaps[1::2].max() < 0.1
     starts.clear()
     bench_node.model_latency(predict, [0.0], 4, warmup=0)   # back to back
     assert np.diff(starts).max() < 0.02
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    cpu.clear()
+    times = bench_node.model_latency(spin, [0.03], 3, warmup=0, cpu_ms=cpu)
+    assert all(29 < c <= t + 0.5 for c, t in zip(cpu, times))   # computing: CPU time ~ wall
 
 
 def test_bench_node_json(make_pack, tmp_path: Path) -> None:
@@ -84,6 +96,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "p99 adaptation on / off" in result.stdout and "machine:" in result.stdout
+    assert "CPU time p50 (adaptation off): the node's inference" in result.stdout
     report = json.loads(out.read_text())
     assert report["settings"]["model_thread_cpus"] == (str(last) if pin else
                                                        format_cpus(cpus))
@@ -102,6 +115,9 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert len(model["p50_blocks"]) == 3   # before, between and after the 2 slices
         tight = c["model_back_to_back_ms"]
         assert tight["n"] == 10 and len(tight["p50_blocks"]) == 3
+        assert c["model_cpu_ms"]["n"] == 10 and 0 < c["model_cpu_ms"]["p50"]
+        assert c["node_inference_cpu_ms"]["n"] == c["answered"]
+        assert 0 < c["node_inference_cpu_ms"]["p50"] <= c["node_inference_ms"]["p99"]
         node = c["node"]
         assert node is not None and node["received"] > 0 and node["classified"] > 0
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
@@ -119,6 +135,8 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
             off["latency_ms"]["p50"] / off["model_back_to_back_ms"]["p50"])
         assert r["model_p50_over_back_to_back_p50_off"] == pytest.approx(
             off["model_ms"]["p50"] / off["model_back_to_back_ms"]["p50"])
+        assert r["inference_cpu_p50_over_model_cpu_p50_off"] == pytest.approx(
+            off["node_inference_cpu_ms"]["p50"] / off["model_cpu_ms"]["p50"])
         lo, hi = r["p99_on_over_p99_off_ci95"]
         assert 0 < lo <= hi
         assert on["latency_samples_ms"] and len(on["latency_samples_ms"]) == on["answered"]

@@ -23,8 +23,11 @@ from zoa_ros.core.image_messages import (  # noqa: F401  (the node's conversion 
 
 
 def result_dict(header: Any, camera: str, top: Sequence[Any], inference_ms: float,
-                adaptation_steps: int, bank_entries: int, domain: int | None) -> dict:
-    """The ``classification_json`` document for one frame (source header, top-k results)."""
+                adaptation_steps: int, bank_entries: int, domain: int | None,
+                inference_cpu_ms: float = 0.0) -> dict:
+    """The ``classification_json`` document for one frame (source header, top-k results).
+    ``inference_cpu_ms``: the CPU time of the classifying thread within ``inference_ms``; the
+    difference is time it waited (preempted, or for the GIL or a lock)."""
     return {
         "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
         "frame_id": str(header.frame_id),
@@ -32,6 +35,7 @@ def result_dict(header: Any, camera: str, top: Sequence[Any], inference_ms: floa
         "results": [{"class_index": int(s.class_index), "label": str(s.label),
                      "score": float(s.score)} for s in top],
         "inference_ms": float(inference_ms),
+        "inference_cpu_ms": float(inference_cpu_ms),
         "adaptation_steps": int(adaptation_steps),
         "bank_entries": int(bank_entries),
         "domain": int(domain or 0),

@@ -538,20 +538,21 @@ class ZoaNode(LifecycleNode):
             self._malformed(item.camera, str(e))
             return
         observe = engine.adapt_enabled
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         try:
             prediction = engine.predict(frame, observe=observe)[0]
         except MalformedFrame as e:   # already counted by the engine
             self._malformed(item.camera, str(e))
             return
         ms = (time.perf_counter() - start) * 1e3
+        cpu_ms = (time.thread_time() - cpu_start) * 1e3
         self._latency.add(ms)
         with self._counts_lock:   # counted before publishing: diagnostics never lag a result
             self._counts[item.camera].classified += 1
         header = item.message.header
         self._json_pub.publish(String(data=conversions.result_json(
             header, item.camera, prediction.top, ms, prediction.adapt_steps,
-            engine.stats().bank_entries, prediction.domain_id)))
+            engine.stats().bank_entries, prediction.domain_id, cpu_ms)))
         if self._vision_pub is not None:
             self._vision_pub.publish(conversions.vision_classification(
                 Classification, ObjectHypothesis, header, prediction.top))

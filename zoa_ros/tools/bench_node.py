@@ -25,7 +25,10 @@ the duty cycle of the node's inference thread) and back to back. The first is th
 for the target: the node cannot run its model any other way than once per frame, and a CPU
 that idles between frames may compute each one slower than a CPU kept busy (power states,
 caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §4.7 measures
-it). The second is printed next to it, with their ratio. Targets: at p50 the node adds
+it). The second is printed next to it, with their ratio. Both the node (``inference_cpu_ms``
+in its results) and the model here also report each frame's CPU time on the computing thread:
+whether the node's inference is slower because it waits or because it computes slower.
+Targets: at p50 the node adds
 <= 10 % to the model (node p50 / model p50 at the camera's rate, with adaptation off) and
 adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
 
@@ -177,6 +180,9 @@ def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, 
             row["node_p50_over_model_back_to_back_p50_off"] = ratio(off["latency_ms"]["p50"],
                                                                     tight)
             row["model_p50_over_back_to_back_p50_off"] = ratio(off["model_ms"]["p50"], tight)
+        if off is not None and "model_cpu_ms" in off:   # computing slower, or waiting?
+            row["inference_cpu_p50_over_model_cpu_p50_off"] = ratio(
+                off["node_inference_cpu_ms"]["p50"], off["model_cpu_ms"]["p50"])
         if off is not None and off["latency_ms"]["p50"] is not None and off["model_ms"]["p50"]:
             model = off["model_ms"]["p50"]
             row["node_added_p50_ms"] = off["latency_ms"]["p50"] - model
@@ -220,10 +226,12 @@ def machine() -> dict[str, Any]:
 
 
 def model_latency(predict: Callable[[np.ndarray], object], frames: Sequence[np.ndarray],
-                  runs: int, warmup: int = 3, period: float = 0.0) -> list[float]:
+                  runs: int, warmup: int = 3, period: float = 0.0,
+                  cpu_ms: list[float] | None = None) -> list[float]:
     """Wall time (ms) of ``predict(frame)`` over ``runs`` calls, cycling through ``frames``:
     back to back, or with ``period`` > 0 each call starting ``period`` seconds after the one
-    before (at once when that one took longer), as a camera at ``1 / period`` Hz feeds the node."""
+    before (at once when that one took longer), as a camera at ``1 / period`` Hz feeds the node.
+    ``cpu_ms`` receives each call's CPU time on the calling thread."""
     if runs < 1:
         return []
     for i in range(warmup):
@@ -234,9 +242,11 @@ def model_latency(predict: Callable[[np.ndarray], object], frames: Sequence[np.n
         if period > 0 and times:
             time.sleep(max(0.0, start + period - time.perf_counter()))
         frame = frames[i % len(frames)]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         predict(frame)
         times.append((time.perf_counter() - start) * 1e3)
+        if cpu_ms is not None:
+            cpu_ms.append((time.thread_time() - cpu_start) * 1e3)
     return times
 
 
@@ -284,6 +294,16 @@ def format_report(report: dict) -> str:
                      f"robust to other load) = "
                      f"{_num(r.get('node_p50_over_inference_p50_off'), 0, 2)} off, "
                      f"{_num(r.get('node_p50_over_inference_p50_on'), 0, 2)} on")
+        off = next((c for c in report["conditions"]
+                    if c["size"] == size and c["adaptation"] == "off"), None)
+        if off is not None and "model_cpu_ms" in off:
+            node, model = off["node_inference_cpu_ms"]["p50"], off["model_cpu_ms"]["p50"]
+            wall = off["node_inference_ms"]["p50"]
+            lines.append(f"{size}: CPU time p50 (adaptation off): the node's inference "
+                         f"{_num(node, 0, 1)} of {_num(wall, 0, 1)} ms, the model at the "
+                         f"camera's rate {_num(model, 0, 1)} of "
+                         f"{_num(off['model_ms']['p50'], 0, 1)} ms; node / model = "
+                         f"{_num(r.get('inference_cpu_p50_over_model_cpu_p50_off'), 0, 2)}")
         if "floor_p50_ms" in r:
             lines.append(f"{size}: the node adds {r['node_added_p50_ms']:.1f} ms to the model's "
                          f"p50 (target <= {r['target_added_p50_ms']:.1f} ms); the transport "
@@ -488,7 +508,8 @@ class _Bench:
             key = self.phase.get(stamp)
             if key is not None:
                 self.answers.setdefault(key, []).append(
-                    ((now - stamp) * 1e-6, float(result["inference_ms"])))
+                    ((now - stamp) * 1e-6, float(result["inference_ms"]),
+                     float(result["inference_cpu_ms"])))
             self.newest_answered = max(self.newest_answered, stamp)
             self.lock.notify_all()
 
@@ -617,6 +638,7 @@ class _Bench:
         key = f"{name}/{adapt}"
         slices = np.array_split(np.arange(self.args.model_runs), self.args.blocks + 1)
         paced: list[list[float]] = []         # once per camera period
+        paced_cpu: list[list[float]] = []     # their CPU time
         tight: list[list[float]] = []         # back to back
 
         def model_block() -> None:
@@ -626,8 +648,11 @@ class _Bench:
             warmup = 1 if paced else 3
             for period in ((1.0 / self.args.rate, 0.0) if len(paced) % 2 == 0
                            else (0.0, 1.0 / self.args.rate)):
+                cpu: list[float] = []
                 (paced if period else tight).append(
-                    self._model_latency(engine, frames, runs, warmup, period))
+                    self._model_latency(engine, frames, runs, warmup, period, cpu))
+                if period:
+                    paced_cpu.append(cpu)
                 warmup = 0
 
         counters: list[dict[str, float] | None] = []
@@ -645,8 +670,10 @@ class _Bench:
                 "latency_ms": summary([a[0] for a in answers]),
                 "latency_samples_ms": [round(a[0], 3) for a in answers],
                 "node_inference_ms": summary([a[1] for a in answers]),
+                "node_inference_cpu_ms": summary([a[2] for a in answers]),
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
-                "model_ms": _pooled(paced), "model_back_to_back_ms": _pooled(tight),
+                "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
+                "model_back_to_back_ms": _pooled(tight),
                 "node": node}
 
     def _measure(self, key: str, frames: list[np.ndarray], counters: list | None = None,
@@ -680,10 +707,11 @@ class _Bench:
             return sent, elapsed, list(self.answers.get(key, []))
 
     def _model_latency(self, engine: Any, frames: list[np.ndarray], runs: int,
-                       warmup: int = 3, period: float = 0.0) -> list[float]:
+                       warmup: int = 3, period: float = 0.0,
+                       cpu_ms: list[float] | None = None) -> list[float]:
         """:func:`model_latency` of ``engine.predict`` on the bench's one model thread."""
         return self.model_thread.submit(model_latency, engine.predict, frames, runs,
-                                        warmup, period).result()
+                                        warmup, period, cpu_ms).result()
 
     def _stream(self, frames: list[np.ndarray], seconds: float, key: str | None
                 ) -> tuple[int, int]:
