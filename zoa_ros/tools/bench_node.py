@@ -26,11 +26,11 @@ for the target: the node cannot run its model any other way than once per frame,
 that idles between frames may compute each one slower than a CPU kept busy (power states,
 caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §4.7 measures
 it). The second is printed next to it, with their ratio. Both the node (``inference_cpu_ms``
-in its results) and the model here also report each frame's CPU time on the computing thread:
-whether the node's inference is slower because it waits or because it computes slower.
-Targets: at p50 the node adds
-<= 10 % to the model (node p50 / model p50 at the camera's rate, with adaptation off) and
-adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
+in its results) and the model here also report each frame's CPU time on the computing thread,
+which tells whether the node's inference is slower because it waits or because it computes
+slower. Targets: at p50 the node adds <= 10 % to the model (node p50 / model p50 at the
+camera's rate, with adaptation off) and adaptation in the background raises p99 by <= 50 %
+(p99 on / p99 off).
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
 model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
