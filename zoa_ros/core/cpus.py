@@ -35,10 +35,11 @@ def parse_cpus(value: int | str | Iterable[int]) -> frozenset[int]:
             if last < first:
                 raise ValueError(f"bad CPU range {part!r} in {value!r}: the end is below the start")
             items.extend(range(first, last + 1))
+    elif isinstance(value, Iterable) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        items = list(value)
     else:
-        items = list(value) if isinstance(value, Iterable) else [None]   # type: ignore[list-item]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise ValueError(f"expected CPU numbers, got {value!r}")
+        raise ValueError(f"expected CPU numbers, got {value!r}")
     if any(c < 0 for c in items):
         raise ValueError(f"CPU numbers are >= 0, got {value!r}")
     return frozenset(items)
@@ -53,6 +54,14 @@ def format_cpus(cpus: Iterable[int]) -> str:
         else:
             out.append(str(c))
     return ",".join(out)
+
+
+def usable_cpus() -> int:
+    """How many CPUs the calling thread may run on (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def process_cpus() -> frozenset[int]:

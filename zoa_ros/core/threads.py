@@ -13,17 +13,9 @@ CPUs and every other thread that touches torch one compute thread: :func:`use_co
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
+from zoa_ros.core.cpus import usable_cpus
 
 
 def use_compute_threads(n: int) -> int:

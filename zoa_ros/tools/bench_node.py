@@ -207,6 +207,8 @@ def machine() -> dict[str, Any]:
     """What this ran on (the numbers only mean something together with it)."""
     import torch
 
+    from zoa_ros.core.cpus import usable_cpus
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -215,12 +217,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        usable = os.cpu_count() or 0
     return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
-            "cpus_usable": usable, "python": platform.python_version(),
+            "cpus_usable": usable_cpus(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
