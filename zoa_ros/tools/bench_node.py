@@ -21,16 +21,25 @@ them: the speed of a shared machine drifts by a fifth or more within minutes, an
 before and after the stream the model saw other minutes than the node.
 
 The model runs twice in each share: once per camera period (``1 / --rate``, idle in between,
-the duty cycle of the node's inference thread) and back to back. The first is the reference
-for the target: the node cannot run its model any other way than once per frame, and a CPU
-that idles between frames may compute each one slower than a CPU kept busy (power states,
-caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §4.7 measures
-it). The second is printed next to it, with their ratio. Both the node (``inference_cpu_ms``
-in its results) and the model here also report each frame's CPU time on the computing thread,
-which tells whether the node's inference is slower because it waits or because it computes
-slower. Targets: at p50 the node adds <= 10 % to the model (node p50 / model p50 at the
-camera's rate, with adaptation off) and adaptation in the background raises p99 by <= 50 %
-(p99 on / p99 off).
+the duty cycle of the node's inference thread) and back to back; their ratio is printed (a CPU
+that idles between frames may compute each one slower than a CPU kept busy: power states,
+caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §4.7).
+
+With adaptation off, the model also runs *alongside* the stream: once after each of the node's
+answers, on the frame that answer was for, while the node waits for its next frame, and only
+when it is expected to end before that frame is due (as long as its last run took). It then sees
+the machine within one camera period of the node, so the drift between shares drops out; this is
+the reference for the p50 target (``model_reference`` in the JSON says which one a condition
+used). Skipping the answers that leave too little room favours the moments the machine was fast,
+which can only make the target harder. The reference stands if the model ran after at least half
+of the answers; otherwise (a machine too slow for the rate), or with ``--no-model-alongside``,
+the shares once per camera period are the reference. With adaptation on it does not run: it
+would take the idle CPU that the node's adaptation step runs on. Both the node
+(``inference_cpu_ms`` in its results) and the model here also report each frame's CPU time on
+the computing thread, which tells whether the node's inference is slower because it waits or
+because it computes slower. Targets: at p50 the node adds <= 10 % to the model (node p50 / the
+reference's p50, adaptation off) and adaptation in the background raises p99 by <= 50 % (p99 on
+/ p99 off).
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
 model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
@@ -56,6 +65,8 @@ import numpy as np
 
 TARGET_P50_RATIO = 1.10   # node p50 / model p50, adaptation off
 TARGET_P99_RATIO = 1.50   # node p99 with adaptation on / off
+REFERENCES = {"alongside": "alongside the stream, once after each answer",
+              "between slices": "once per camera period, between the stream's slices"}
 SETTLE_S = 3.0            # after a stream: wait this long at most for the last frame's answer
 DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counters
 START_TIMEOUT_S = 180.0
@@ -68,7 +79,10 @@ LEGEND = (
     "(transport, or pushed out of its DDS queue of qos.depth while it was busy; both from the "
     "node's /diagnostics); model = wall time of Engine.predict on one frame, resize and crop "
     "included, in the bench process (a worker thread), once per camera period, measured before, "
-    "between and after the slices of each condition's stream; b2b = the same, back to back")
+    "between and after the slices of each condition's stream; b2b = the same, back to back; "
+    "along = the same model once after each of the node's answers, alongside the stream "
+    "(adaptation off); p50/ref = e2e p50 / the target's reference (along where measured, "
+    "else model)")
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -90,6 +104,10 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                    help="stream each condition in this many slices, with a share of the "
                         "model's runs before, between and after them, so that the model is "
                         "measured across the same minutes as the node")
+    p.add_argument("--model-alongside", action=argparse.BooleanOptionalAction, default=True,
+                   help="with adaptation off, also run the model once after each of the "
+                        "node's answers, the target's reference (default: on, where it fits "
+                        "in a camera period)")
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra zoa_node parameter (repeatable; default: the shipped config)")
     p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
@@ -158,9 +176,20 @@ def percentile_ratio_interval(num: Sequence[float], den: Sequence[float], q: flo
     return float(lo), float(hi)
 
 
+def reference(condition: dict) -> tuple[str, dict, dict]:
+    """The model measurement a condition's node is held against: its name, latency and CPU
+    time summaries (the model alongside the stream where it ran, else once per camera period
+    between the stream's slices)."""
+    if condition.get("model_reference") == "alongside":
+        return ("alongside", condition["model_alongside_ms"],
+                condition["model_alongside_cpu_ms"])
+    return "between slices", condition["model_ms"], condition.get("model_cpu_ms") or {}
+
+
 def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, dict]:
-    """Per size: node p50 / model p50 (off and on) and p99 on / p99 off, with pass/fail; with
-    ``relay`` conditions also the transport floor against the model and the node."""
+    """Per size: node p50 / model p50 (off and on, against each condition's
+    :func:`reference`) and p99 on / p99 off, with pass/fail; with ``relay`` conditions also the
+    transport floor against the model and the node."""
     out: dict[str, dict] = {}
     floors = {c["size"]: c["latency_ms"]["p50"] for c in relay}
     for size in dict.fromkeys(c["size"] for c in conditions):
@@ -170,28 +199,38 @@ def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, 
         for name, c in (("off", off), ("on", on)):
             if c is not None:   # also against the node's own Engine.predict time
                 p50 = c["latency_ms"]["p50"]
-                row[f"node_p50_over_model_p50_{name}"] = ratio(p50, c["model_ms"]["p50"])
+                row[f"model_reference_{name}"] = reference(c)[0]
+                row[f"node_p50_over_model_p50_{name}"] = ratio(p50, reference(c)[1]["p50"])
                 row[f"node_p50_over_inference_p50_{name}"] = ratio(
                     p50, c["node_inference_ms"]["p50"])
         r50 = row.get("node_p50_over_model_p50_off")
         row["p50_target_met"] = None if r50 is None else r50 <= TARGET_P50_RATIO
-        if off is not None and "model_back_to_back_ms" in off:
+        if off is None:
+            out[size] = row
+            continue
+        _, model_ref, cpu_ref = reference(off)
+        row["node_p50_over_model_between_p50_off"] = ratio(off["latency_ms"]["p50"],
+                                                           off["model_ms"]["p50"])
+        if off.get("model_reference") == "alongside":   # the two references side by side
+            row["model_alongside_p50_over_between_p50_off"] = ratio(model_ref["p50"],
+                                                                    off["model_ms"]["p50"])
+        if "model_back_to_back_ms" in off:
             tight = off["model_back_to_back_ms"]["p50"]
             row["node_p50_over_model_back_to_back_p50_off"] = ratio(off["latency_ms"]["p50"],
                                                                     tight)
             row["model_p50_over_back_to_back_p50_off"] = ratio(off["model_ms"]["p50"], tight)
-        if off is not None and "model_cpu_ms" in off:   # computing slower, or waiting?
+        if cpu_ref:   # computing slower, or waiting?
             row["inference_cpu_p50_over_model_cpu_p50_off"] = ratio(
-                off["node_inference_cpu_ms"]["p50"], off["model_cpu_ms"]["p50"])
-        if off is not None and off["latency_ms"]["p50"] is not None and off["model_ms"]["p50"]:
-            model = off["model_ms"]["p50"]
+                off["node_inference_cpu_ms"]["p50"], cpu_ref["p50"])
+        if off["latency_ms"]["p50"] is not None and model_ref["p50"]:
+            model = model_ref["p50"]
             row["node_added_p50_ms"] = off["latency_ms"]["p50"] - model
             row["target_added_p50_ms"] = (TARGET_P50_RATIO - 1) * model
             floor = floors.get(size)
             if floor is not None:
                 row["floor_p50_ms"] = floor
                 row["floor_p50_over_model_p50"] = floor / model
-        if off is not None and on is not None:
+        if on is not None:
             r99 = ratio(on["latency_ms"]["p99"], off["latency_ms"]["p99"])
             row["p99_on_over_p99_off"] = r99
             row["p99_target_met"] = None if r99 is None else r99 <= TARGET_P99_RATIO
@@ -253,7 +292,7 @@ def format_report(report: dict) -> str:
     lines = [f"{'size':9s} {'adapt':5s} {'sent':>5s} {'answd':>5s} {'dropped':>12s} "
              f"{'slot':>5s} {'lost':>4s} {'e2e p50':>7s} {'e2e p99':>7s} {'node inf p50':>12s} "
              f"{'e2e-inf p50':>11s} {'model p50':>9s} {'model p99':>9s} {'b2b p50':>7s} "
-             f"{'p50/model':>9s} {'steps':>5s}"]
+             f"{'along p50':>9s} {'p50/ref':>7s} {'steps':>5s}"]
     for c in report["conditions"]:
         node = c["node"] or {}
         lat, mod = c["latency_ms"], c["model_ms"]
@@ -266,7 +305,8 @@ def format_report(report: dict) -> str:
             f"{_num(c['outside_inference_ms']['p50'], 11, 1)} {_num(mod['p50'], 9, 1)} "
             f"{_num(mod['p99'], 9, 1)} "
             f"{_num((c.get('model_back_to_back_ms') or {}).get('p50'), 7, 1)} "
-            f"{_num(ratio(lat['p50'], mod['p50']), 9, 2)} "
+            f"{_num((c.get('model_alongside_ms') or {}).get('p50'), 9, 1)} "
+            f"{_num(ratio(lat['p50'], reference(c)[1]['p50']), 7, 2)} "
             f"{_num(node.get('adaptation_steps'), 5)}")
     lines.append(textwrap.fill(LEGEND, 100))
     for c in report["conditions"]:
@@ -274,15 +314,23 @@ def format_report(report: dict) -> str:
         low, high = (min(blocks), max(blocks)) if blocks else (None, None)
         if low and high > 1.25 * low:
             lines.append(f"note: model p50 ranged from {low:.1f} to {high:.1f} ms in the "
-                         f"slices of {c['size']}/{c['adaptation']}: the machine's speed or "
+                         f"shares of {c['size']}/{c['adaptation']}: the machine's speed or "
                          f"other load changed meanwhile")
+        lines.extend(_alongside_note(c))
     lines.append("")
     for size, r in report["ratios"].items():
-        r50 = r.get("node_p50_over_model_p50_off")
-        lines.append(f"{size}: node p50 / model p50 (adaptation off; the model once per "
-                     f"camera period) = {_num(r50, 0, 2)} (target <= {TARGET_P50_RATIO:.2f}: "
-                     f"{_verdict(r.get('p50_target_met'))}); with adaptation on "
+        lines.append(f"{size}: node p50 / model p50 (adaptation off; the model "
+                     f"{REFERENCES.get(r.get('model_reference_off'), '?')}) = "
+                     f"{_num(r.get('node_p50_over_model_p50_off'), 0, 2)} (target <= "
+                     f"{TARGET_P50_RATIO:.2f}: {_verdict(r.get('p50_target_met'))}); with "
+                     f"adaptation on (the model "
+                     f"{REFERENCES.get(r.get('model_reference_on'), '?')}) "
                      f"{_num(r.get('node_p50_over_model_p50_on'), 0, 2)}")
+        if "model_alongside_p50_over_between_p50_off" in r:
+            lines.append(f"{size}: against the model between the slices: node p50 / model p50 "
+                         f"= {_num(r.get('node_p50_over_model_between_p50_off'), 0, 2)}; the "
+                         f"model alongside / between the slices = "
+                         f"{_num(r['model_alongside_p50_over_between_p50_off'], 0, 2)}")
         if "node_p50_over_model_back_to_back_p50_off" in r:
             lines.append(f"{size}: against the model back to back: node p50 / model p50 = "
                          f"{_num(r['node_p50_over_model_back_to_back_p50_off'], 0, 2)}; the "
@@ -294,14 +342,14 @@ def format_report(report: dict) -> str:
                      f"{_num(r.get('node_p50_over_inference_p50_on'), 0, 2)} on")
         off = next((c for c in report["conditions"]
                     if c["size"] == size and c["adaptation"] == "off"), None)
-        if off is not None and "model_cpu_ms" in off:
-            node, model = off["node_inference_cpu_ms"]["p50"], off["model_cpu_ms"]["p50"]
-            wall = off["node_inference_ms"]["p50"]
+        if off is not None and "inference_cpu_p50_over_model_cpu_p50_off" in r:
+            name, model, cpu = reference(off)
             lines.append(f"{size}: CPU time p50 (adaptation off): the node's inference "
-                         f"{_num(node, 0, 1)} of {_num(wall, 0, 1)} ms, the model at the "
-                         f"camera's rate {_num(model, 0, 1)} of "
-                         f"{_num(off['model_ms']['p50'], 0, 1)} ms; node / model = "
-                         f"{_num(r.get('inference_cpu_p50_over_model_cpu_p50_off'), 0, 2)}")
+                         f"{_num(off['node_inference_cpu_ms']['p50'], 0, 1)} of "
+                         f"{_num(off['node_inference_ms']['p50'], 0, 1)} ms, the model "
+                         f"{REFERENCES[name]} {_num(cpu['p50'], 0, 1)} of "
+                         f"{_num(model['p50'], 0, 1)} ms; node / model = "
+                         f"{_num(r['inference_cpu_p50_over_model_cpu_p50_off'], 0, 2)}")
         if "floor_p50_ms" in r:
             lines.append(f"{size}: the node adds {r['node_added_p50_ms']:.1f} ms to the model's "
                          f"p50 (target <= {r['target_added_p50_ms']:.1f} ms); the transport "
@@ -324,6 +372,21 @@ def format_report(report: dict) -> str:
                  f"{'raised' if s['keep_freed_memory'] else 'glibc defaults'}; node "
                  f"log {s['node_logs']}")
     return "\n".join(lines)
+
+
+def _alongside_note(c: dict) -> list[str]:
+    """What became of the model alongside a condition's stream (adaptation off)."""
+    along = c.get("model_alongside") or {}
+    name = f"{c['size']}/{c['adaptation']}"
+    if not along or c["adaptation"] != "off":
+        return []
+    if along.get("not_run_because"):
+        return [f"note: no model alongside {name} as the reference: "
+                f"{along['not_run_because']}"]
+    return [f"note: model alongside {name}: {along['runs']} runs; answers without a run: "
+            f"{along['skipped_busy']} (the model still busy), "
+            f"{along['skipped_no_room']} (too close to the camera's next frame); "
+            f"{along['overlapped_next_frame']} runs overlapped the camera's next frame"]
 
 
 def _num(value: float | int | None, width: int, digits: int = 0) -> str:
@@ -465,6 +528,25 @@ class _Diag:
     values: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _Alongside:
+    """The model run once after each of the node's answers on one condition's stream."""
+
+    key: str
+    frames: list[np.ndarray]
+    predict: Callable[[np.ndarray], object]
+    expected_ms: float    # how long a run takes: the first share's p50, then the last run's
+    idle: threading.Event = field(default_factory=threading.Event)
+    wall_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    busy: int = 0         # answers that came while the model still ran: no run for them
+    no_room: int = 0      # answers too close to the camera's next frame: no run either
+    overlapped: int = 0   # runs during which the camera sent its next frame all the same
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
 class _Bench:
     """Camera, result and diagnostics listener in this process; the node in another."""
 
@@ -488,7 +570,10 @@ class _Bench:
         self.diag_sub = self.camera.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diag, reliable)
         self.lock = threading.Condition()
-        self.phase: dict[int, str] = {}                 # stamp (ns) -> condition key
+        self.phase: dict[int, tuple[str, int]] = {}     # stamp (ns) -> condition key, frame
+        self.last_sent = 0.0                            # time.monotonic() of the newest frame
+        self.next_due = 0.0                             # and of the next one
+        self.alongside: _Alongside | None = None
         self.answers: dict[str, list[tuple[float, float]]] = {}   # key -> [(e2e, inference)]
         self.newest_answered = -1
         self.diag = _Diag()
@@ -503,13 +588,34 @@ class _Bench:
         result = json.loads(msg.data)
         stamp = result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
         with self.lock:
-            key = self.phase.get(stamp)
+            key, index = self.phase.get(stamp, (None, 0))
             if key is not None:
                 self.answers.setdefault(key, []).append(
                     ((now - stamp) * 1e-6, float(result["inference_ms"]),
                      float(result["inference_cpu_ms"])))
             self.newest_answered = max(self.newest_answered, stamp)
             self.lock.notify_all()
+        along = self.alongside
+        if along is not None and key == along.key:
+            if not along.idle.is_set():
+                along.busy += 1
+            elif (self.next_due - time.monotonic()) * 1e3 < along.expected_ms:
+                along.no_room += 1   # it would still run when the node's next frame arrives
+            else:   # the node waits for the camera's next frame
+                along.idle.clear()
+                self.model_thread.submit(self._run_alongside, along, index)
+
+    def _run_alongside(self, along: _Alongside, index: int) -> None:
+        """The model once on the frame the node just answered (on the model thread)."""
+        try:
+            started = time.monotonic()
+            frame = along.frames[index % len(along.frames)]
+            along.wall_ms += model_latency(along.predict, [frame], 1, 0, cpu_ms=along.cpu_ms)
+            along.expected_ms = along.wall_ms[-1]
+            if self.last_sent > started:
+                along.overlapped += 1
+        finally:
+            along.idle.set()
 
     def _on_diag(self, msg: Any) -> None:
         from zoa_ros.ros.diagnostics import values_of
@@ -578,6 +684,7 @@ class _Bench:
                          "warmup_s": a.warmup, "sizes": a.sizes,
                          "frames_source": a.frames_source, "model_runs": a.model_runs,
                          "blocks": a.blocks, "model_thread_cpus": model_cpus,
+                         "model_alongside": a.model_alongside,
                          "encoding": "rgb8", "camera_qos": "sensor data (best effort)",
                          "params_overrides": {k: str(v) for k, v in self.extra.items()},
                          "adaptation_method": values["adaptation.method"],
@@ -638,6 +745,7 @@ class _Bench:
         paced: list[list[float]] = []         # once per camera period
         paced_cpu: list[list[float]] = []     # their CPU time
         tight: list[list[float]] = []         # back to back
+        along: list[_Alongside | str] = []    # the model alongside, or why it did not run
 
         def model_block() -> None:
             runs = len(slices[len(paced)])
@@ -652,9 +760,14 @@ class _Bench:
                 if period:
                     paced_cpu.append(cpu)
                 warmup = 0
+            if not along:   # after the first share: alongside from the first slice on
+                along.append(self._start_alongside(key, adapt, frames, engine, paced[0]))
 
         counters: list[dict[str, float] | None] = []
-        sent, elapsed, answers = self._measure(key, frames, counters, model_block)
+        try:
+            sent, elapsed, answers = self._measure(key, frames, counters, model_block)
+        finally:
+            self._stop_alongside()
         before, after = counters
         answered = len(answers)
         node = _delta(before, after) if before and after else None
@@ -672,7 +785,25 @@ class _Bench:
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
                 "model_back_to_back_ms": _pooled(tight),
+                **_alongside_fields(along[0] if along else "the stream was not measured",
+                                    answered),
                 "node": node}
+
+    def _start_alongside(self, key: str, adapt: str, frames: list[np.ndarray], engine: Any,
+                         share: Sequence[float]) -> _Alongside | str:
+        """Run the model after each of the node's answers from now on, or say why not."""
+        if not self.args.model_alongside:
+            return "--no-model-alongside"
+        if adapt != "off":
+            return "adaptation on (it would take the idle CPU the adaptation step runs on)"
+        self.alongside = _Alongside(key, frames, engine.predict, float(np.median(share)))
+        return self.alongside
+
+    def _stop_alongside(self) -> None:
+        """No more runs after answers; wait for the one in progress."""
+        along, self.alongside = self.alongside, None
+        if along is not None:
+            along.idle.wait(60.0)
 
     def _measure(self, key: str, frames: list[np.ndarray], counters: list | None = None,
                  between: Callable[[], None] | None = None
@@ -721,14 +852,16 @@ class _Bench:
         while tick < end:
             sec, nanosec = self.camera.publish(frames[sent % len(frames)])
             last = sec * 1_000_000_000 + nanosec
+            self.last_sent = time.monotonic()
             if key is not None:
                 with self.lock:
-                    self.phase[last] = key
+                    self.phase[last] = key, sent
             sent += 1
             tick += period
             now = time.monotonic()
             if now - tick > period:   # fell behind (CPU busy): keep the rate, do not burst
                 tick = now
+            self.next_due = tick
             time.sleep(max(0.0, tick - now))
         return sent, last
 
@@ -763,6 +896,25 @@ class _Bench:
                 "adaptation_skipped": num("adaptation_skipped"),
                 "inference_errors": num("inference_errors"),
                 "last_step_ms": num("last_step_ms")}
+
+
+def _alongside_fields(along: _Alongside | str, answered: int) -> dict[str, Any]:
+    """A condition's ``model_alongside*`` fields and ``model_reference``: "alongside" when the
+    model ran after at least half of the node's answers (the node idle in between: on a
+    saturated machine it rarely is, and the few runs would be its fastest moments), else
+    "between slices", with the reason in ``not_run_because``."""
+    if isinstance(along, str):
+        why, wall, cpu, skips = along, [], [], (0, 0, 0)
+    else:
+        wall, cpu, skips = along.wall_ms, along.cpu_ms, (along.busy, along.no_room,
+                                            along.overlapped)
+        why = None if wall and 2 * len(wall) >= answered else (
+            f"it ran after only {len(wall)} of {answered} answers (the node was rarely idle "
+            f"between frames: too little CPU for this rate)")
+    runs = {"runs": len(wall), "skipped_busy": skips[0], "skipped_no_room": skips[1],
+            "overlapped_next_frame": skips[2], "not_run_because": why}
+    return {"model_alongside_ms": summary(wall), "model_alongside_cpu_ms": summary(cpu),
+            "model_alongside": runs, "model_reference": "between slices" if why else "alongside"}
 
 
 def _pooled(blocks: Sequence[Sequence[float]]) -> dict[str, Any]:
