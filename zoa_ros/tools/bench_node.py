@@ -25,21 +25,21 @@ the duty cycle of the node's inference thread) and back to back; their ratio is 
 that idles between frames may compute each one slower than a CPU kept busy: power states,
 caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §4.7).
 
-With adaptation off, the model also runs *alongside* the stream: once after each of the node's
+With adaptation off, the model also runs *alongside* the stream: after each of the node's
 answers, on the frame that answer was for, while the node waits for its next frame, and only
-when it is expected to end before that frame is due (as long as its last run took). It then sees
-the machine within one camera period of the node, so the drift between shares drops out; this is
-the reference for the p50 target (``model_reference`` in the JSON says which one a condition
-used). Skipping the answers that leave too little room favours the moments the machine was fast,
-which can only make the target harder. The reference stands if the model ran after at least half
-of the answers; otherwise (a machine too slow for the rate), or with ``--no-model-alongside``,
-the shares once per camera period are the reference. With adaptation on it does not run: it
-would take the idle CPU that the node's adaptation step runs on. Both the node
-(``inference_cpu_ms`` in its results) and the model here also report each frame's CPU time on
-the computing thread, which tells whether the node's inference is slower because it waits or
-because it computes slower. Targets: at p50 the node adds <= 10 % to the model (node p50 / the
-reference's p50, adaptation off) and adaptation in the background raises p99 by <= 50 % (p99 on
-/ p99 off).
+when it is expected to end before that frame is due (as long as its last run took). It sees the
+machine within one camera period of the node, so the drift between shares drops out, and the
+target compares the two over the same frames (the node's answers to the frames the model ran
+after, against those runs), so skipping the answers that left too little room (the machine's
+slow moments) biases neither side. This is the reference for the p50 target where the model ran
+after at least a quarter of the answers (``model_reference`` in the JSON); otherwise (a machine
+too slow for the rate), or with ``--no-model-alongside``, all of the node's answers are held
+against the shares once per camera period. With adaptation on it does not run: it would take the
+idle CPU that the node's adaptation step runs on. Both the node (``inference_cpu_ms`` in its
+results) and the model here also report each frame's CPU time on the computing thread, which
+tells whether the node's inference is slower because it waits or because it computes slower.
+Targets: at p50 the node adds <= 10 % to the model (node p50 / the reference's p50, adaptation
+off) and adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
 model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
@@ -59,13 +59,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 TARGET_P50_RATIO = 1.10   # node p50 / model p50, adaptation off
 TARGET_P99_RATIO = 1.50   # node p99 with adaptation on / off
-REFERENCES = {"alongside": "alongside the stream, once after each answer",
+REFERENCES = {"alongside": "alongside the stream, after the node's answers; the same frames",
               "between slices": "once per camera period, between the stream's slices"}
 SETTLE_S = 3.0            # after a stream: wait this long at most for the last frame's answer
 DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counters
@@ -81,8 +81,9 @@ LEGEND = (
     "included, in the bench process (a worker thread), once per camera period, measured before, "
     "between and after the slices of each condition's stream; b2b = the same, back to back; "
     "along = the same model once after each of the node's answers, alongside the stream "
-    "(adaptation off); p50/ref = e2e p50 / the target's reference (along where measured, "
-    "else model)")
+    "(adaptation off); p50/ref = e2e p50 / model p50 over the same frames: the frames the model "
+    "ran along after (where it stands as the target's reference), else all of them and the "
+    "model once per camera period")
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -176,14 +177,29 @@ def percentile_ratio_interval(num: Sequence[float], den: Sequence[float], q: flo
     return float(lo), float(hi)
 
 
-def reference(condition: dict) -> tuple[str, dict, dict]:
-    """The model measurement a condition's node is held against: its name, latency and CPU
-    time summaries (the model alongside the stream where it ran, else once per camera period
-    between the stream's slices)."""
-    if condition.get("model_reference") == "alongside":
-        return ("alongside", condition["model_alongside_ms"],
-                condition["model_alongside_cpu_ms"])
-    return "between slices", condition["model_ms"], condition.get("model_cpu_ms") or {}
+class Reference(NamedTuple):
+    """What a condition's p50 target compares, over the same frames: the node's latency and its
+    inference's CPU time against the model's latency and CPU time."""
+
+    name: str             # "alongside" or "between slices"
+    node_ms: dict         # summaries (:func:`summary`): e2e latency
+    node_inference_ms: dict
+    node_cpu_ms: dict
+    model_ms: dict
+    model_cpu_ms: dict
+
+
+def reference(condition: dict) -> Reference:
+    """The model alongside the stream and the node's answers to the frames it ran after, where
+    it stands as the reference; else the model once per camera period between the stream's
+    slices and all of the node's answers."""
+    c = condition
+    if c.get("model_reference") == "alongside":
+        return Reference("alongside", c["latency_paired_ms"], c["node_inference_paired_ms"],
+                         c["node_inference_cpu_paired_ms"], c["model_alongside_ms"],
+                         c["model_alongside_cpu_ms"])
+    return Reference("between slices", c["latency_ms"], c["node_inference_ms"],
+                     c["node_inference_cpu_ms"], c["model_ms"], c.get("model_cpu_ms") or {})
 
 
 def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, dict]:
@@ -198,33 +214,34 @@ def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, 
         row: dict[str, Any] = {}
         for name, c in (("off", off), ("on", on)):
             if c is not None:   # also against the node's own Engine.predict time
-                p50 = c["latency_ms"]["p50"]
-                row[f"model_reference_{name}"] = reference(c)[0]
-                row[f"node_p50_over_model_p50_{name}"] = ratio(p50, reference(c)[1]["p50"])
+                ref = reference(c)
+                row[f"model_reference_{name}"] = ref.name
+                row[f"node_p50_over_model_p50_{name}"] = ratio(ref.node_ms["p50"],
+                                                               ref.model_ms["p50"])
                 row[f"node_p50_over_inference_p50_{name}"] = ratio(
-                    p50, c["node_inference_ms"]["p50"])
+                    c["latency_ms"]["p50"], c["node_inference_ms"]["p50"])
         r50 = row.get("node_p50_over_model_p50_off")
         row["p50_target_met"] = None if r50 is None else r50 <= TARGET_P50_RATIO
         if off is None:
             out[size] = row
             continue
-        _, model_ref, cpu_ref = reference(off)
+        ref = reference(off)
         row["node_p50_over_model_between_p50_off"] = ratio(off["latency_ms"]["p50"],
                                                            off["model_ms"]["p50"])
-        if off.get("model_reference") == "alongside":   # the two references side by side
-            row["model_alongside_p50_over_between_p50_off"] = ratio(model_ref["p50"],
+        if ref.name == "alongside":   # the two references side by side
+            row["model_alongside_p50_over_between_p50_off"] = ratio(ref.model_ms["p50"],
                                                                     off["model_ms"]["p50"])
         if "model_back_to_back_ms" in off:
             tight = off["model_back_to_back_ms"]["p50"]
             row["node_p50_over_model_back_to_back_p50_off"] = ratio(off["latency_ms"]["p50"],
                                                                     tight)
             row["model_p50_over_back_to_back_p50_off"] = ratio(off["model_ms"]["p50"], tight)
-        if cpu_ref:   # computing slower, or waiting?
-            row["inference_cpu_p50_over_model_cpu_p50_off"] = ratio(
-                off["node_inference_cpu_ms"]["p50"], cpu_ref["p50"])
-        if off["latency_ms"]["p50"] is not None and model_ref["p50"]:
-            model = model_ref["p50"]
-            row["node_added_p50_ms"] = off["latency_ms"]["p50"] - model
+        if ref.model_cpu_ms:   # computing slower, or waiting?
+            row["inference_cpu_p50_over_model_cpu_p50_off"] = ratio(ref.node_cpu_ms["p50"],
+                                                                    ref.model_cpu_ms["p50"])
+        if ref.node_ms["p50"] is not None and ref.model_ms["p50"]:
+            model = ref.model_ms["p50"]
+            row["node_added_p50_ms"] = ref.node_ms["p50"] - model
             row["target_added_p50_ms"] = (TARGET_P50_RATIO - 1) * model
             floor = floors.get(size)
             if floor is not None:
@@ -295,7 +312,7 @@ def format_report(report: dict) -> str:
              f"{'along p50':>9s} {'p50/ref':>7s} {'steps':>5s}"]
     for c in report["conditions"]:
         node = c["node"] or {}
-        lat, mod = c["latency_ms"], c["model_ms"]
+        lat, mod, ref = c["latency_ms"], c["model_ms"], reference(c)
         lines.append(
             f"{c['size']:9s} {c['adaptation']:5s} {c['sent']:5d} {c['answered']:5d} "
             f"{c['dropped']:5d} ({c['dropped_pct']:4.1f}%) "
@@ -306,7 +323,7 @@ def format_report(report: dict) -> str:
             f"{_num(mod['p99'], 9, 1)} "
             f"{_num((c.get('model_back_to_back_ms') or {}).get('p50'), 7, 1)} "
             f"{_num((c.get('model_alongside_ms') or {}).get('p50'), 9, 1)} "
-            f"{_num(ratio(lat['p50'], reference(c)[1]['p50']), 7, 2)} "
+            f"{_num(ratio(ref.node_ms['p50'], ref.model_ms['p50']), 7, 2)} "
             f"{_num(node.get('adaptation_steps'), 5)}")
     lines.append(textwrap.fill(LEGEND, 100))
     for c in report["conditions"]:
@@ -343,12 +360,12 @@ def format_report(report: dict) -> str:
         off = next((c for c in report["conditions"]
                     if c["size"] == size and c["adaptation"] == "off"), None)
         if off is not None and "inference_cpu_p50_over_model_cpu_p50_off" in r:
-            name, model, cpu = reference(off)
+            ref = reference(off)
             lines.append(f"{size}: CPU time p50 (adaptation off): the node's inference "
-                         f"{_num(off['node_inference_cpu_ms']['p50'], 0, 1)} of "
-                         f"{_num(off['node_inference_ms']['p50'], 0, 1)} ms, the model "
-                         f"{REFERENCES[name]} {_num(cpu['p50'], 0, 1)} of "
-                         f"{_num(model['p50'], 0, 1)} ms; node / model = "
+                         f"{_num(ref.node_cpu_ms['p50'], 0, 1)} of "
+                         f"{_num(ref.node_inference_ms['p50'], 0, 1)} ms, the model "
+                         f"{REFERENCES[ref.name]} {_num(ref.model_cpu_ms['p50'], 0, 1)} of "
+                         f"{_num(ref.model_ms['p50'], 0, 1)} ms; node / model = "
                          f"{_num(r['inference_cpu_p50_over_model_cpu_p50_off'], 0, 2)}")
         if "floor_p50_ms" in r:
             lines.append(f"{size}: the node adds {r['node_added_p50_ms']:.1f} ms to the model's "
@@ -539,6 +556,7 @@ class _Alongside:
     idle: threading.Event = field(default_factory=threading.Event)
     wall_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
+    stamps: list[int] = field(default_factory=list)   # the frame each run was on
     busy: int = 0         # answers that came while the model still ran: no run for them
     no_room: int = 0      # answers too close to the camera's next frame: no run either
     overlapped: int = 0   # runs during which the camera sent its next frame all the same
@@ -574,7 +592,7 @@ class _Bench:
         self.last_sent = 0.0                            # time.monotonic() of the newest frame
         self.next_due = 0.0                             # and of the next one
         self.alongside: _Alongside | None = None
-        self.answers: dict[str, list[tuple[float, float]]] = {}   # key -> [(e2e, inference)]
+        self.answers: dict[str, list[tuple]] = {}   # key -> [(e2e, inference, its CPU, stamp)]
         self.newest_answered = -1
         self.diag = _Diag()
         self.executor = SingleThreadedExecutor()
@@ -592,7 +610,7 @@ class _Bench:
             if key is not None:
                 self.answers.setdefault(key, []).append(
                     ((now - stamp) * 1e-6, float(result["inference_ms"]),
-                     float(result["inference_cpu_ms"])))
+                     float(result["inference_cpu_ms"]), stamp))
             self.newest_answered = max(self.newest_answered, stamp)
             self.lock.notify_all()
         along = self.alongside
@@ -603,15 +621,16 @@ class _Bench:
                 along.no_room += 1   # it would still run when the node's next frame arrives
             else:   # the node waits for the camera's next frame
                 along.idle.clear()
-                self.model_thread.submit(self._run_alongside, along, index)
+                self.model_thread.submit(self._run_alongside, along, index, stamp)
 
-    def _run_alongside(self, along: _Alongside, index: int) -> None:
+    def _run_alongside(self, along: _Alongside, index: int, stamp: int) -> None:
         """The model once on the frame the node just answered (on the model thread)."""
         try:
             started = time.monotonic()
             frame = along.frames[index % len(along.frames)]
             along.wall_ms += model_latency(along.predict, [frame], 1, 0, cpu_ms=along.cpu_ms)
             along.expected_ms = along.wall_ms[-1]
+            along.stamps.append(stamp)
             if self.last_sent > started:
                 along.overlapped += 1
         finally:
@@ -786,7 +805,7 @@ class _Bench:
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
                 "model_back_to_back_ms": _pooled(tight),
                 **_alongside_fields(along[0] if along else "the stream was not measured",
-                                    answered),
+                                    answers),
                 "node": node}
 
     def _start_alongside(self, key: str, adapt: str, frames: list[np.ndarray], engine: Any,
@@ -807,10 +826,11 @@ class _Bench:
 
     def _measure(self, key: str, frames: list[np.ndarray], counters: list | None = None,
                  between: Callable[[], None] | None = None
-                 ) -> tuple[int, float, list[tuple[float, float]]]:
+                 ) -> tuple[int, float, list[tuple]]:
         """Warm up, then stream for ``--seconds`` in ``--blocks`` slices, calling ``between``
         before, between and after them: frames sent, seconds streamed, answers (e2e ms,
-        inference ms); ``counters`` receives the node's counters before and after."""
+        inference ms, its CPU ms, stamp); ``counters`` receives the node's counters before and
+        after."""
         if self.args.warmup > 0:
             print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
             self._settle(self._stream(frames, self.args.warmup, None)[1])
@@ -898,23 +918,28 @@ class _Bench:
                 "last_step_ms": num("last_step_ms")}
 
 
-def _alongside_fields(along: _Alongside | str, answered: int) -> dict[str, Any]:
-    """A condition's ``model_alongside*`` fields and ``model_reference``: "alongside" when the
-    model ran after at least half of the node's answers (the node idle in between: on a
-    saturated machine it rarely is, and the few runs would be its fastest moments), else
-    "between slices", with the reason in ``not_run_because``."""
+def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple]) -> dict[str, Any]:
+    """A condition's ``model_alongside*`` fields, the node's answers to the same frames
+    (``*_paired_ms``) and ``model_reference``: "alongside" when the model ran after at least a
+    quarter of the answers (too few runs, on a machine too slow for the rate, say little),
+    else "between slices", with the reason in ``not_run_because``."""
     if isinstance(along, str):
-        why, wall, cpu, skips = along, [], [], (0, 0, 0)
+        along, why = _Alongside("", [], lambda frame: None, 0.0), along
     else:
-        wall, cpu, skips = along.wall_ms, along.cpu_ms, (along.busy, along.no_room,
-                                            along.overlapped)
-        why = None if wall and 2 * len(wall) >= answered else (
-            f"it ran after only {len(wall)} of {answered} answers (the node was rarely idle "
-            f"between frames: too little CPU for this rate)")
-    runs = {"runs": len(wall), "skipped_busy": skips[0], "skipped_no_room": skips[1],
-            "overlapped_next_frame": skips[2], "not_run_because": why}
-    return {"model_alongside_ms": summary(wall), "model_alongside_cpu_ms": summary(cpu),
-            "model_alongside": runs, "model_reference": "between slices" if why else "alongside"}
+        why = None if 4 * len(along.wall_ms) >= len(answers) > 0 else (
+            f"it ran after only {len(along.wall_ms)} of {len(answers)} answers (the node was "
+            f"rarely idle long enough between frames: too little CPU for this rate)")
+    by_stamp = {a[3]: a for a in answers}
+    paired = [by_stamp[stamp] for stamp in along.stamps]
+    runs = {"runs": len(along.wall_ms), "skipped_busy": along.busy,
+            "skipped_no_room": along.no_room, "overlapped_next_frame": along.overlapped,
+            "not_run_because": why}
+    return {"model_alongside_ms": summary(along.wall_ms),
+            "model_alongside_cpu_ms": summary(along.cpu_ms), "model_alongside": runs,
+            "latency_paired_ms": summary([a[0] for a in paired]),
+            "node_inference_paired_ms": summary([a[1] for a in paired]),
+            "node_inference_cpu_paired_ms": summary([a[2] for a in paired]),
+            "model_reference": "between slices" if why else "alongside"}
 
 
 def _pooled(blocks: Sequence[Sequence[float]]) -> dict[str, Any]:
