@@ -55,25 +55,31 @@ def test_the_target_is_held_against_the_model_alongside_where_it_ran() -> None:
     assert r["inference_cpu_p50_over_model_cpu_p50_off"] == pytest.approx(23.0 / 29.0)
 
 
-def test_the_model_alongside_is_paired_with_the_answers_it_ran_after() -> None:
+def test_the_model_alongside_is_paired_with_the_nodes_next_answer() -> None:
+    period = 0.1   # 10 Hz: stamps 100 ms apart
     along = bench_node._Alongside("224x224/off", [], lambda frame: None, 20.0)
-    along.wall_ms, along.cpu_ms, along.stamps, along.no_room = [21.0, 23.0], [20.0, 22.0], \
-        [7, 5], 6
-    answers = [(30.0 + i, 25.0 + i, 24.0 + i, i) for i in range(8)]   # e2e, inf, CPU, stamp
-    fields = bench_node._alongside_fields(along, answers)
+    along.wall_ms, along.cpu_ms, along.no_room = [21.0, 23.0], [20.0, 22.0], 6
+    along.stamps = [7 * 10**8, 5 * 10**8]   # the frames the runs followed
+    answers = [(30.0 + i, 25.0 + i, 24.0 + i, i * 10**8) for i in range(8)]   # e2e, inf, CPU
+    fields = bench_node._alongside_fields(along, answers, period)
     assert fields["model_reference"] == "alongside"
-    assert fields["model_alongside_ms"]["p50"] == 22.0
-    assert fields["model_alongside_cpu_ms"]["p50"] == 21.0
-    assert fields["latency_paired_ms"]["p50"] == 36.0       # frames 5 and 7 only
+    assert fields["model_alongside"] == {"runs": 2, "paired": 1, "skipped_busy": 0,
+                                         "skipped_no_room": 6, "overlapped_next_frame": 0,
+                                         "not_run_because": None}
+    # the run after frame 5 against the answer to frame 6; frame 7 has no next answer
+    assert fields["model_alongside_ms"]["p50"] == 23.0
+    assert fields["model_alongside_cpu_ms"]["p50"] == 22.0
+    assert fields["latency_paired_ms"]["p50"] == 36.0
     assert fields["node_inference_paired_ms"]["p50"] == 31.0
     assert fields["node_inference_cpu_paired_ms"]["p50"] == 30.0
-    assert fields["model_alongside"] == {"runs": 2, "skipped_busy": 0, "skipped_no_room": 6,
-                                         "overlapped_next_frame": 0, "not_run_because": None}
-    answers.append((40.0, 35.0, 34.0, 8))     # 2 runs of 9 answers: too few (a slow machine)
-    fields = bench_node._alongside_fields(along, answers)
+    answers.append((50.0, 45.0, 44.0, 20 * 10**8))   # the next slice's: after a share, no pair
+    assert bench_node._alongside_fields(along, answers, period)["model_alongside"]["paired"] == 1
+    answers.append((40.0, 35.0, 34.0, 8 * 10**8))    # now 2 runs of 10 answers: too few
+    fields = bench_node._alongside_fields(along, answers, period)
+    assert fields["model_alongside"]["paired"] == 2 and fields["latency_paired_ms"]["n"] == 2
     assert fields["model_reference"] == "between slices"
-    assert "ran after only 2 of 9 answers" in fields["model_alongside"]["not_run_because"]
-    fields = bench_node._alongside_fields("adaptation on", answers)
+    assert "ran after only 2 of 10 answers" in fields["model_alongside"]["not_run_because"]
+    fields = bench_node._alongside_fields("adaptation on", answers, period)
     assert fields["model_reference"] == "between slices"
     assert fields["model_alongside_ms"]["n"] == fields["latency_paired_ms"]["n"] == 0
     assert fields["model_alongside"]["not_run_because"] == "adaptation on"
@@ -175,8 +181,9 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
             assert c["model_reference"] == "alongside" and along["not_run_because"] is None
             skipped = along["skipped_busy"] + along["skipped_no_room"]
             assert c["answered"] / 4 <= along["runs"] <= c["answered"] - skipped
-            assert c["model_alongside_ms"]["n"] == c["model_alongside_cpu_ms"]["n"] == along["runs"]
-            assert c["latency_paired_ms"]["n"] == along["runs"]   # the same frames
+            assert along["runs"] / 2 <= along["paired"] <= along["runs"]   # not a slice's last
+            assert (c["model_alongside_ms"]["n"] == c["model_alongside_cpu_ms"]["n"]
+                    == c["latency_paired_ms"]["n"] == along["paired"])
             assert c["latency_paired_ms"]["p50"] <= c["latency_ms"]["max"]
             assert 0 < c["model_alongside_cpu_ms"]["p50"] <= c["model_alongside_ms"]["p99"] + 0.5
         else:   # it would take the adaptation step's idle CPU

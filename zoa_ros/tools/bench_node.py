@@ -28,18 +28,18 @@ caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §
 With adaptation off, the model also runs *alongside* the stream: after each of the node's
 answers, on the frame that answer was for, while the node waits for its next frame, and only
 when it is expected to end before that frame is due (as long as its last run took). It sees the
-machine within one camera period of the node, so the drift between shares drops out, and the
-target compares the two over the same frames (the node's answers to the frames the model ran
-after, against those runs), so skipping the answers that left too little room (the machine's
-slow moments) biases neither side. This is the reference for the p50 target where the model ran
-after at least a quarter of the answers (``model_reference`` in the JSON); otherwise (a machine
-too slow for the rate), or with ``--no-model-alongside``, all of the node's answers are held
-against the shares once per camera period. With adaptation on it does not run: it would take the
-idle CPU that the node's adaptation step runs on. Both the node (``inference_cpu_ms`` in its
-results) and the model here also report each frame's CPU time on the computing thread, which
-tells whether the node's inference is slower because it waits or because it computes slower.
-Targets: at p50 the node adds <= 10 % to the model (node p50 / the reference's p50, adaptation
-off) and adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
+machine within one camera period of the node, so the drift between shares drops out. The target
+then compares the two over the same moments: each run against the node's answer to the next
+frame (not to the frame before it, whose early answer made room for the run: that would pick the
+node's lucky frames). This is the reference for the p50 target where the model ran after at
+least a quarter of the answers (``model_reference`` in the JSON); otherwise (a machine too slow
+for the rate), or with ``--no-model-alongside``, all of the node's answers are held against the
+shares once per camera period. With adaptation on it does not run: it would take the idle CPU
+that the node's adaptation step runs on. Both the node (``inference_cpu_ms`` in its results) and
+the model here also report each frame's CPU time on the computing thread, which tells whether
+the node's inference is slower because it waits or because it computes slower. Targets: at p50
+the node adds <= 10 % to the model (node p50 / the reference's p50, adaptation off) and
+adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
 model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
@@ -49,6 +49,7 @@ is the transport floor any Python node pays here, printed next to the time the n
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -65,7 +66,7 @@ import numpy as np
 
 TARGET_P50_RATIO = 1.10   # node p50 / model p50, adaptation off
 TARGET_P99_RATIO = 1.50   # node p99 with adaptation on / off
-REFERENCES = {"alongside": "alongside the stream, after the node's answers; the same frames",
+REFERENCES = {"alongside": "alongside the stream, against the node's next answers",
               "between slices": "once per camera period, between the stream's slices"}
 SETTLE_S = 3.0            # after a stream: wait this long at most for the last frame's answer
 DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counters
@@ -81,9 +82,9 @@ LEGEND = (
     "included, in the bench process (a worker thread), once per camera period, measured before, "
     "between and after the slices of each condition's stream; b2b = the same, back to back; "
     "along = the same model once after each of the node's answers, alongside the stream "
-    "(adaptation off); p50/ref = e2e p50 / model p50 over the same frames: the frames the model "
-    "ran along after (where it stands as the target's reference), else all of them and the "
-    "model once per camera period")
+    "(adaptation off); p50/ref = e2e p50 / model p50 over the same moments: each along run and "
+    "the node's answer to the next frame (where along stands as the target's reference), else "
+    "all answers and model")
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -805,7 +806,7 @@ class _Bench:
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
                 "model_back_to_back_ms": _pooled(tight),
                 **_alongside_fields(along[0] if along else "the stream was not measured",
-                                    answers),
+                                    answers, 1.0 / self.args.rate),
                 "node": node}
 
     def _start_alongside(self, key: str, adapt: str, frames: list[np.ndarray], engine: Any,
@@ -918,27 +919,39 @@ class _Bench:
                 "last_step_ms": num("last_step_ms")}
 
 
-def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple]) -> dict[str, Any]:
-    """A condition's ``model_alongside*`` fields, the node's answers to the same frames
+def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple],
+                      period_s: float) -> dict[str, Any]:
+    """A condition's ``model_alongside*`` fields, the node's answers paired with its runs
     (``*_paired_ms``) and ``model_reference``: "alongside" when the model ran after at least a
     quarter of the answers (too few runs, on a machine too slow for the rate, say little),
-    else "between slices", with the reason in ``not_run_because``."""
+    else "between slices", with the reason in ``not_run_because``.
+
+    Each run is paired with the node's answer to the camera's *next* frame: whether the model
+    runs depends on how soon the node answered the frame before it, so pairing it with that
+    answer would pick the node's own lucky frames."""
     if isinstance(along, str):
         along, why = _Alongside("", [], lambda frame: None, 0.0), along
     else:
         why = None if 4 * len(along.wall_ms) >= len(answers) > 0 else (
             f"it ran after only {len(along.wall_ms)} of {len(answers)} answers (the node was "
             f"rarely idle long enough between frames: too little CPU for this rate)")
+    stamps = sorted(a[3] for a in answers)
     by_stamp = {a[3]: a for a in answers}
-    paired = [by_stamp[stamp] for stamp in along.stamps]
-    runs = {"runs": len(along.wall_ms), "skipped_busy": along.busy,
-            "skipped_no_room": along.no_room, "overlapped_next_frame": along.overlapped,
-            "not_run_because": why}
-    return {"model_alongside_ms": summary(along.wall_ms),
-            "model_alongside_cpu_ms": summary(along.cpu_ms), "model_alongside": runs,
-            "latency_paired_ms": summary([a[0] for a in paired]),
-            "node_inference_paired_ms": summary([a[1] for a in paired]),
-            "node_inference_cpu_paired_ms": summary([a[2] for a in paired]),
+    runs, node = [], []
+    for run, stamp in enumerate(along.stamps):
+        i = bisect.bisect_right(stamps, stamp)
+        if i < len(stamps) and stamps[i] - stamp <= 1.5e9 * period_s:   # not after a share
+            runs.append(run)
+            node.append(by_stamp[stamps[i]])
+    counts = {"runs": len(along.wall_ms), "paired": len(runs), "skipped_busy": along.busy,
+              "skipped_no_room": along.no_room, "overlapped_next_frame": along.overlapped,
+              "not_run_because": why}
+    return {"model_alongside_ms": summary([along.wall_ms[i] for i in runs]),
+            "model_alongside_cpu_ms": summary([along.cpu_ms[i] for i in runs]),
+            "model_alongside": counts,
+            "latency_paired_ms": summary([a[0] for a in node]),
+            "node_inference_paired_ms": summary([a[1] for a in node]),
+            "node_inference_cpu_paired_ms": summary([a[2] for a in node]),
             "model_reference": "between slices" if why else "alongside"}
 
 
