@@ -107,9 +107,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                         "model's runs before, between and after them, so that the model is "
                         "measured across the same minutes as the node")
     p.add_argument("--model-alongside", action=argparse.BooleanOptionalAction, default=True,
-                   help="with adaptation off, also run the model once after each of the "
-                        "node's answers, the target's reference (default: on, where it fits "
-                        "in a camera period)")
+                   help="with adaptation off, also run the model after the node's answers "
+                        "while it waits for its next frame: the target's reference where it "
+                        "ran after at least a quarter of them (default: on)")
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra zoa_node parameter (repeatable; default: the shipped config)")
     p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
@@ -179,7 +179,7 @@ def percentile_ratio_interval(num: Sequence[float], den: Sequence[float], q: flo
 
 
 class Reference(NamedTuple):
-    """What a condition's p50 target compares, over the same frames: the node's latency and its
+    """What a condition's p50 target compares, over the same moments: the node's latency and its
     inference's CPU time against the model's latency and CPU time."""
 
     name: str             # "alongside" or "between slices"
@@ -191,8 +191,8 @@ class Reference(NamedTuple):
 
 
 def reference(condition: dict) -> Reference:
-    """The model alongside the stream and the node's answers to the frames it ran after, where
-    it stands as the reference; else the model once per camera period between the stream's
+    """The model's runs alongside the stream and the node's answers paired with them, where
+    they stand as the reference; else the model once per camera period between the stream's
     slices and all of the node's answers."""
     c = condition
     if c.get("model_reference") == "alongside":
@@ -548,7 +548,7 @@ class _Diag:
 
 @dataclass
 class _Alongside:
-    """The model run once after each of the node's answers on one condition's stream."""
+    """The model run after the node's answers (where it has room) on one condition's stream."""
 
     key: str
     frames: list[np.ndarray]
