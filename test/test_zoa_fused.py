@@ -101,7 +101,8 @@ def test_fused_affine_follows_bank_and_eps():
     new = params.replace(eps=eps, alpha=alpha, bank=bank)
     w = torch.softmax(10.0 * alpha, 0)
     expect = params.origin + w @ bank + eps
-    assert torch.allclose(new.effective, expect)
+    # float32 sums of O(1) terms in another order: near-zero entries differ by ~1e-7
+    assert torch.allclose(new.effective, expect, atol=1e-6)
     store.publish(new)
     x = torch.randn(3, 8)
     ref = nn.functional.layer_norm(x, (8,), expect[:8], expect[8:], ln.eps)
