@@ -99,6 +99,44 @@ def test_p99_ratio_interval_covers_the_true_ratio_and_narrows_with_more_frames()
     assert bench_node.percentile_ratio_interval([1.0], off) is None
 
 
+def test_p50_interval_of_pairs_sees_through_the_drift_they_share() -> None:
+    rng = np.random.default_rng(5)
+    drift = rng.uniform(35.0, 55.0, 300)          # the machine's speed, moment by moment
+    model = drift * rng.normal(1.0, 0.01, 300)
+    node = 1.08 * drift * rng.normal(1.0, 0.01, 300)
+    paired = bench_node.percentile_ratio_interval(node, model, q=50.0, paired=True)
+    apart = bench_node.percentile_ratio_interval(node, model, q=50.0)
+    assert paired is not None and apart is not None
+    assert paired[0] < 1.08 < paired[1] and paired[1] - paired[0] < 0.02
+    assert apart[1] - apart[0] > 3 * (paired[1] - paired[0])   # the drift, counted as noise
+    with pytest.raises(ValueError, match="different lengths"):
+        bench_node.percentile_ratio_interval(node, model[:-1], q=50.0, paired=True)
+
+
+def test_the_p50_target_carries_its_interval() -> None:
+    s = bench_node.summary
+    rng = np.random.default_rng(7)
+    model = list(rng.uniform(40.0, 50.0, 200))
+    node = [1.05 * m + 2.0 for m in model]
+    alongside = {"size": "640x480", "adaptation": "off", "model_reference": "alongside",
+                 "latency_ms": s(node), "node_inference_ms": s(model),
+                 "node_inference_cpu_ms": s(model), "latency_paired_ms": s(node),
+                 "node_inference_paired_ms": s(model), "node_inference_cpu_paired_ms": s(model),
+                 "model_ms": s(model), "model_cpu_ms": s(model), "model_alongside_ms": s(model),
+                 "model_alongside_cpu_ms": s(model), "latency_samples_ms": node,
+                 "latency_paired_samples_ms": node, "model_alongside_samples_ms": model,
+                 "model_samples_ms": model[::2]}
+    r = bench_node.ratios([alongside])["640x480"]
+    lo, hi = r["node_p50_over_model_p50_off_ci95"]
+    assert lo <= r["node_p50_over_model_p50_off"] <= hi and hi - lo < 0.01   # exact pairs
+    r = bench_node.ratios([{**alongside, "model_reference": "between slices"}])["640x480"]
+    lo_apart, hi_apart = r["node_p50_over_model_p50_off_ci95"]   # all answers, the shares
+    assert lo_apart <= r["node_p50_over_model_p50_off"] <= hi_apart
+    assert hi_apart - lo_apart > hi - lo
+    r = bench_node.ratios([{**alongside, "model_alongside_samples_ms": []}])["640x480"]
+    assert "node_p50_over_model_p50_off_ci95" not in r   # a report without the samples
+
+
 def test_model_latency_at_a_camera_rate() -> None:
     """With a period, each call starts one period after the one before, or at once when that
     one ran over; it never bursts to catch up."""
@@ -216,6 +254,11 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
             off["node_inference_cpu_paired_ms"]["p50"] / off["model_alongside_cpu_ms"]["p50"])
         lo, hi = r["p99_on_over_p99_off_ci95"]
         assert 0 < lo <= hi
+        lo, hi = r["node_p50_over_model_p50_off_ci95"]   # resampling the pairs
+        assert 0 < lo <= hi
+        assert (len(off["latency_paired_samples_ms"]) == len(off["model_alongside_samples_ms"])
+                == off["model_alongside"]["paired"])
+        assert len(off["model_samples_ms"]) == off["model_ms"]["n"]
         assert on["latency_samples_ms"] and len(on["latency_samples_ms"]) == on["answered"]
         assert r["node_added_p50_ms"] == pytest.approx(
             off["latency_paired_ms"]["p50"] - off["model_alongside_ms"]["p50"])
@@ -232,4 +275,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     assert "against the model back to back" in result.stdout
     assert "note: model alongside 224x224/off: " in result.stdout
     assert "against the model between the slices" in result.stdout
+    assert "p50 / model p50 (adaptation off; the model alongside the stream, against the " \
+        "node's next answers) = " in result.stdout
+    assert result.stdout.count("95 % bootstrap interval") == 4   # p50 and p99, both sizes
     assert report["machine"]["cpus"] >= 1 and report["settings"]["rate_hz"] == 10.0

@@ -39,7 +39,9 @@ that the node's adaptation step runs on. Both the node (``inference_cpu_ms`` in 
 the model here also report each frame's CPU time on the computing thread, which tells whether
 the node's inference is slower because it waits or because it computes slower. Targets: at p50
 the node adds <= 10 % to the model (node p50 / the reference's p50, adaptation off) and
-adaptation in the background raises p99 by <= 50 % (p99 on / p99 off).
+adaptation in the background raises p99 by <= 50 % (p99 on / p99 off). Each of the two ratios
+comes with a 95 % bootstrap interval (the p50 one resampling the pairs alongside), which says
+whether its verdict would hold in another run of the same length on the same machine.
 
 Last, the same streams go to :mod:`zoa_ros.ros.relay_node`, which answers every frame without a
 model (same QoS, same Fast DDS profile, the same pixel read and result message): its latency
@@ -160,19 +162,26 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 
 def percentile_ratio_interval(num: Sequence[float], den: Sequence[float], q: float = 99.0,
-                              level: float = 0.95, draws: int = 2000, seed: int = 0
-                              ) -> tuple[float, float] | None:
+                              level: float = 0.95, draws: int = 2000, seed: int = 0,
+                              paired: bool = False) -> tuple[float, float] | None:
     """Percentile-bootstrap interval of ``percentile(num, q) / percentile(den, q)``: both
-    samples resampled independently ``draws`` times (seeded, so a report is reproducible).
-    ``None`` with fewer than two values on either side. A p99 of a few hundred frames rests on
-    its few largest values, so the ratio of two of them moves a lot between runs; the interval
-    says how much."""
+    samples resampled ``draws`` times (seeded, so a report is reproducible), independently, or
+    with ``paired`` as pairs (``num[i]`` with ``den[i]``, measured in the same moments, so the
+    machine's drift that moves both together drops out of the interval). ``None`` with fewer
+    than two values on either side. A p99 of a few hundred frames rests on its few largest
+    values, and a p50 ratio near its target moves by a few hundredths between runs on a shared
+    machine; the interval says how much."""
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size < 2 or b.size < 2:
         return None
+    if paired and a.size != b.size:
+        raise ValueError(f"paired samples of different lengths: {a.size} and {b.size}")
     rng = np.random.default_rng(seed)
-    top = np.percentile(a[rng.integers(0, a.size, (draws, a.size))], q, axis=1)
-    bottom = np.percentile(b[rng.integers(0, b.size, (draws, b.size))], q, axis=1)
+    picks = rng.integers(0, a.size, (draws, a.size))
+    top = np.percentile(a[picks], q, axis=1)
+    if not paired:
+        picks = rng.integers(0, b.size, (draws, b.size))
+    bottom = np.percentile(b[picks], q, axis=1)
     tail = 50.0 * (1.0 - level)
     lo, hi = np.percentile(top / bottom, [tail, 100.0 - tail])
     return float(lo), float(hi)
@@ -188,6 +197,15 @@ class Reference(NamedTuple):
     node_cpu_ms: dict
     model_ms: dict
     model_cpu_ms: dict
+    node_samples_ms: Sequence[float] = ()    # e2e latencies and the model's: in pairs where
+    model_samples_ms: Sequence[float] = ()   # the model ran alongside
+
+    def p50_interval(self) -> tuple[float, float] | None:
+        """95 % bootstrap interval of node p50 / model p50: resampling the pairs alongside,
+        else both samples independently (that one does not see the drift between the shares,
+        so it is narrower than the truth)."""
+        return percentile_ratio_interval(self.node_samples_ms, self.model_samples_ms, q=50.0,
+                                         paired=self.name == "alongside")
 
 
 def reference(condition: dict) -> Reference:
@@ -198,9 +216,11 @@ def reference(condition: dict) -> Reference:
     if c.get("model_reference") == "alongside":
         return Reference("alongside", c["latency_paired_ms"], c["node_inference_paired_ms"],
                          c["node_inference_cpu_paired_ms"], c["model_alongside_ms"],
-                         c["model_alongside_cpu_ms"])
+                         c["model_alongside_cpu_ms"], c.get("latency_paired_samples_ms", ()),
+                         c.get("model_alongside_samples_ms", ()))
     return Reference("between slices", c["latency_ms"], c["node_inference_ms"],
-                     c["node_inference_cpu_ms"], c["model_ms"], c.get("model_cpu_ms") or {})
+                     c["node_inference_cpu_ms"], c["model_ms"], c.get("model_cpu_ms") or {},
+                     c.get("latency_samples_ms", ()), c.get("model_samples_ms", ()))
 
 
 def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, dict]:
@@ -227,6 +247,9 @@ def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, 
             out[size] = row
             continue
         ref = reference(off)
+        interval = ref.p50_interval()
+        if interval is not None:
+            row["node_p50_over_model_p50_off_ci95"] = list(interval)
         row["node_p50_over_model_between_p50_off"] = ratio(off["latency_ms"]["p50"],
                                                            off["model_ms"]["p50"])
         if ref.name == "alongside":   # the two references side by side
@@ -340,8 +363,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{size}: node p50 / model p50 (adaptation off; the model "
                      f"{REFERENCES.get(r.get('model_reference_off'), '?')}) = "
                      f"{_num(r.get('node_p50_over_model_p50_off'), 0, 2)} (target <= "
-                     f"{TARGET_P50_RATIO:.2f}: {_verdict(r.get('p50_target_met'))}); with "
-                     f"adaptation on (the model "
+                     f"{TARGET_P50_RATIO:.2f}: {_verdict(r.get('p50_target_met'))})"
+                     + _interval(r.get("node_p50_over_model_p50_off_ci95"), TARGET_P50_RATIO)
+                     + f"; with adaptation on (the model "
                      f"{REFERENCES.get(r.get('model_reference_on'), '?')}) "
                      f"{_num(r.get('node_p50_over_model_p50_on'), 0, 2)}")
         if "model_alongside_p50_over_between_p50_off" in r:
@@ -804,6 +828,7 @@ class _Bench:
                 "node_inference_cpu_ms": summary([a[2] for a in answers]),
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
+                "model_samples_ms": [round(ms, 3) for block in paced for ms in block],
                 "model_back_to_back_ms": _pooled(tight),
                 **_alongside_fields(along[0] if along else "the stream was not measured",
                                     answers, 1.0 / self.args.rate),
@@ -922,7 +947,8 @@ class _Bench:
 def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple],
                       period_s: float) -> dict[str, Any]:
     """A condition's ``model_alongside*`` fields, the node's answers paired with its runs
-    (``*_paired_ms``) and ``model_reference``: "alongside" when the model ran after at least a
+    (``*_paired_ms``; ``latency_paired_samples_ms`` and ``model_alongside_samples_ms`` hold
+    the pairs, in order) and ``model_reference``: "alongside" when the model ran after at least a
     quarter of the answers (too few runs, on a machine too slow for the rate, say little),
     else "between slices", with the reason in ``not_run_because``.
 
@@ -950,6 +976,8 @@ def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple],
             "model_alongside_cpu_ms": summary([along.cpu_ms[i] for i in runs]),
             "model_alongside": counts,
             "latency_paired_ms": summary([a[0] for a in node]),
+            "latency_paired_samples_ms": [round(a[0], 3) for a in node],
+            "model_alongside_samples_ms": [round(along.wall_ms[i], 3) for i in runs],
             "node_inference_paired_ms": summary([a[1] for a in node]),
             "node_inference_cpu_paired_ms": summary([a[2] for a in node]),
             "model_reference": "between slices" if why else "alongside"}
