@@ -228,6 +228,9 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
             assert c["model_reference"] == "between slices" and along["runs"] == 0
             assert along["not_run_because"].startswith("adaptation on")
         assert 0 < c["node_inference_cpu_ms"]["p50"] <= c["node_inference_ms"]["p99"]
+        queued = c["node_queued_ms"]   # a part of the time outside inference, frame by frame
+        assert queued["n"] == c["answered"]
+        assert 0 <= queued["p50"] <= c["outside_inference_ms"]["p50"]
         node = c["node"]
         assert node is not None and node["received"] > 0 and node["classified"] > 0
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
@@ -272,6 +275,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert r["floor_p50_over_model_p50"] == pytest.approx(
             c["latency_ms"]["p50"] / by[(c["size"], "off")]["model_alongside_ms"]["p50"])
     assert "transport floor (relay_node, no model)" in result.stdout
+    assert "from the camera callback to the inference thread (queued_ms)" in result.stdout
     assert "against the model back to back" in result.stdout
     assert "note: model alongside 224x224/off: " in result.stdout
     assert "against the model between the slices" in result.stdout

@@ -61,7 +61,7 @@ from zoa_ros.ros.diagnostics import values_of  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lark")
 
 RESULT_KEYS = {"stamp", "frame_id", "camera", "results", "inference_ms", "inference_cpu_ms",
-               "adaptation_steps", "bank_entries", "domain"}
+               "queued_ms", "adaptation_steps", "bank_entries", "domain"}
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -316,6 +316,7 @@ def test_image_in_classification_out_with_the_source_header(setup) -> None:
     assert all(labels[r["class_index"]] == r["label"] for r in result["results"])
     assert isinstance(result["inference_ms"], float) and result["inference_ms"] > 0
     assert 0 < result["inference_cpu_ms"] <= result["inference_ms"] * 1.05 + 1.0
+    assert isinstance(result["queued_ms"], float) and result["queued_ms"] >= 0
     for key in ("adaptation_steps", "bank_entries", "domain"):
         assert isinstance(result[key], int)
 

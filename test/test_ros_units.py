@@ -140,10 +140,11 @@ def test_result_json_has_exactly_the_documented_fields() -> None:
     header = Header(frame_id="cam")
     header.stamp.sec, header.stamp.nanosec = 12, 34
     top = [SimpleNamespace(class_index=3, label="cat", score=0.5)]
-    d = conv.result_dict(header, "image", top, 1.5, 7, 2, None, 1.25)
+    d = conv.result_dict(header, "image", top, 1.5, 7, 2, None, 1.25, 0.5)
     assert d == {"stamp": {"sec": 12, "nanosec": 34}, "frame_id": "cam", "camera": "image",
                  "results": [{"class_index": 3, "label": "cat", "score": 0.5}],
-                 "inference_ms": 1.5, "inference_cpu_ms": 1.25, "adaptation_steps": 7,
+                 "inference_ms": 1.5, "inference_cpu_ms": 1.25, "queued_ms": 0.5,
+                 "adaptation_steps": 7,
                  "bank_entries": 2, "domain": 0}
 
 

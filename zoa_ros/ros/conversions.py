@@ -24,10 +24,12 @@ from zoa_ros.core.image_messages import (  # noqa: F401  (the node's conversion 
 
 def result_dict(header: Any, camera: str, top: Sequence[Any], inference_ms: float,
                 adaptation_steps: int, bank_entries: int, domain: int | None,
-                inference_cpu_ms: float = 0.0) -> dict:
+                inference_cpu_ms: float = 0.0, queued_ms: float = 0.0) -> dict:
     """The ``classification_json`` document for one frame (source header, top-k results).
     ``inference_cpu_ms``: the CPU time of the classifying thread within ``inference_ms``; the
-    difference is time it waited (preempted, or for the GIL or a lock)."""
+    difference is time it waited (preempted, or for the GIL or a lock). ``queued_ms``: from the
+    frame's arrival in its subscription callback to the start of its classification (the
+    hand-off to the inference thread, and waiting there while the model was busy)."""
     return {
         "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
         "frame_id": str(header.frame_id),
@@ -36,6 +38,7 @@ def result_dict(header: Any, camera: str, top: Sequence[Any], inference_ms: floa
                      "score": float(s.score)} for s in top],
         "inference_ms": float(inference_ms),
         "inference_cpu_ms": float(inference_cpu_ms),
+        "queued_ms": float(queued_ms),
         "adaptation_steps": int(adaptation_steps),
         "bank_entries": int(bank_entries),
         "domain": int(domain or 0),

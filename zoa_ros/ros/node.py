@@ -531,6 +531,7 @@ class ZoaNode(LifecycleNode):
         """Convert, classify and publish one frame, then fold its statistics (adaptation on)."""
         from zoa_ros.core.engine import MalformedFrame
 
+        queued_ms = (time.monotonic() - item.received) * 1e3
         try:
             frame = conversions.to_array(item.message, item.kind)
         except MalformedMessage as e:
@@ -552,7 +553,7 @@ class ZoaNode(LifecycleNode):
         header = item.message.header
         self._json_pub.publish(String(data=conversions.result_json(
             header, item.camera, prediction.top, ms, prediction.adapt_steps,
-            engine.stats().bank_entries, prediction.domain_id, cpu_ms)))
+            engine.stats().bank_entries, prediction.domain_id, cpu_ms, queued_ms)))
         if self._vision_pub is not None:
             self._vision_pub.publish(conversions.vision_classification(
                 Classification, ObjectHypothesis, header, prediction.top))

@@ -393,10 +393,13 @@ def format_report(report: dict) -> str:
                          f"{_num(ref.model_ms['p50'], 0, 1)} ms; node / model = "
                          f"{_num(r['inference_cpu_p50_over_model_cpu_p50_off'], 0, 2)}")
         if "floor_p50_ms" in r:
+            queued = (off or {}).get("node_queued_ms", {}).get("p50")
             lines.append(f"{size}: the node adds {r['node_added_p50_ms']:.1f} ms to the model's "
                          f"p50 (target <= {r['target_added_p50_ms']:.1f} ms); the transport "
                          f"floor (relay_node, no model) is {r['floor_p50_ms']:.1f} ms p50 = "
-                         f"{r['floor_p50_over_model_p50']:.2f} x the model's p50")
+                         f"{r['floor_p50_over_model_p50']:.2f} x the model's p50; from the "
+                         f"camera callback to the inference thread (queued_ms) "
+                         f"{_num(queued, 0, 2)} ms p50")
         if "p99_on_over_p99_off" in r:
             lines.append(f"{size}: p99 adaptation on / off = "
                          f"{_num(r['p99_on_over_p99_off'], 0, 2)} (target <= "
@@ -617,7 +620,8 @@ class _Bench:
         self.last_sent = 0.0                            # time.monotonic() of the newest frame
         self.next_due = 0.0                             # and of the next one
         self.alongside: _Alongside | None = None
-        self.answers: dict[str, list[tuple]] = {}   # key -> [(e2e, inference, its CPU, stamp)]
+        # key -> [(e2e, inference, its CPU, stamp, queued in the node)]
+        self.answers: dict[str, list[tuple]] = {}
         self.newest_answered = -1
         self.diag = _Diag()
         self.executor = SingleThreadedExecutor()
@@ -635,7 +639,8 @@ class _Bench:
             if key is not None:
                 self.answers.setdefault(key, []).append(
                     ((now - stamp) * 1e-6, float(result["inference_ms"]),
-                     float(result["inference_cpu_ms"]), stamp))
+                     float(result["inference_cpu_ms"]), stamp,
+                     float(result.get("queued_ms", 0.0))))
             self.newest_answered = max(self.newest_answered, stamp)
             self.lock.notify_all()
         along = self.alongside
@@ -827,6 +832,7 @@ class _Bench:
                 "node_inference_ms": summary([a[1] for a in answers]),
                 "node_inference_cpu_ms": summary([a[2] for a in answers]),
                 "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
+                "node_queued_ms": summary([a[4] for a in answers]),
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
                 "model_samples_ms": [round(ms, 3) for block in paced for ms in block],
                 "model_back_to_back_ms": _pooled(tight),
@@ -855,8 +861,8 @@ class _Bench:
                  ) -> tuple[int, float, list[tuple]]:
         """Warm up, then stream for ``--seconds`` in ``--blocks`` slices, calling ``between``
         before, between and after them: frames sent, seconds streamed, answers (e2e ms,
-        inference ms, its CPU ms, stamp); ``counters`` receives the node's counters before and
-        after."""
+        inference ms, its CPU ms, stamp, ms queued in the node); ``counters`` receives the node's
+        counters before and after."""
         if self.args.warmup > 0:
             print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
             self._settle(self._stream(frames, self.args.warmup, None)[1])
