@@ -57,6 +57,7 @@ class CameraInputs:
         self._spinning = threading.Lock()       # held by whichever thread spins the executor
         self._computing = threading.Event()     # set while the inference thread classifies
         self._wake = self.node.create_guard_condition(lambda: None)
+        self._closing = threading.Lock()        # no trigger of the guard once it is destroyed
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -88,17 +89,21 @@ class CameraInputs:
             yield
         finally:
             self._computing.clear()
-            self._wake.trigger()   # end its wait, so the inference thread may spin again
+            self._trigger()   # end its wait, so the inference thread may spin again
 
     def close(self) -> None:
         """Stop delivering frames: end the threads' spinning, then remove the companion node.
-        The inference thread must stop calling :meth:`receive` (it returns at once now)."""
-        self._closed = True
-        self._computing.set()
-        self._wake.trigger()
+        The inference thread must stop calling :meth:`receive` (it returns at once now).
+        Closing twice does nothing more."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._computing.set()
+            self._wake.trigger()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        with self._spinning:   # the inference thread is out of the executor
+        with self._spinning, self._closing:   # the inference thread is out of the executor
             self._executor.shutdown(timeout_sec=5.0)
             self.node.destroy_node()
 
@@ -110,6 +115,11 @@ class CameraInputs:
                     self._spin_once(None)
             if self._closed:
                 return
+
+    def _trigger(self) -> None:
+        with self._closing:
+            if not self._closed:
+                self._wake.trigger()
 
     def _spin_once(self, timeout: float | None) -> None:
         try:
