@@ -77,11 +77,6 @@ class FrameSlots:
                 self._cond.wait(remaining)
             return None
 
-    def waiting(self) -> bool:
-        """Whether a frame waits in any slot."""
-        with self._cond:
-            return any(p is not None for p in self._slots.values())
-
     def counters(self) -> dict[str, SlotCounters]:
         """A snapshot of every camera's counters."""
         with self._cond:

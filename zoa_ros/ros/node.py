@@ -9,9 +9,7 @@ configures and activates itself.
 
 Threads: subscription callbacks only check headers and put the message into its camera's
 newest-frame slot (:mod:`.frame_slot`); one inference thread converts and classifies the newest
-frames (``Engine.predict(observe=True)``) and publishes, and takes frames from DDS itself while
-it waits for one (:mod:`.camera_inputs`; another thread does while it classifies); one
-adaptation thread calls
+frames (``Engine.predict(observe=True)``) and publishes; one adaptation thread calls
 ``Engine.maybe_adapt()`` when woken (every ``adaptation.interval_frames`` frames, at most every
 ``adaptation.min_period_s`` of node time), so a step never blocks classification.
 
@@ -456,12 +454,12 @@ class ZoaNode(LifecycleNode):
         self._inputs.start()
 
     def _stop_streaming(self) -> None:
+        if self._inputs is not None:
+            self._inputs.close()
+            self._inputs = None
         self._stop.set()
         self._slots.close()
         self._adapt_wake.set()
-        if self._inputs is not None:   # after _stop: the inference thread no longer receives
-            self._inputs.close()
-            self._inputs = None
         for thread in self._threads:
             thread.join(timeout=60)
         self._threads = []
@@ -505,15 +503,13 @@ class ZoaNode(LifecycleNode):
             self._reserve_cpus()
         use_compute_threads(self.p("inference.threads"))
         ready.set()
-        engine, inputs = self._engine, self._inputs
+        engine = self._engine
         while not self._stop.is_set():
-            item = self._slots.take(timeout=0)
-            if item is None:   # take the next frame from DDS on this thread (no hand-off)
-                inputs.receive(0.25, self._slots.waiting)
+            item = self._slots.take(timeout=0.25)
+            if item is None:
                 continue
             try:
-                with inputs.computing():
-                    self._classify(engine, item)
+                self._classify(engine, item)
             except Exception as e:   # counted and logged: no frame ends the loop
                 self._inference_errors += 1
                 log.error(f"classifying a frame from {item.camera} failed: {e!r}",
