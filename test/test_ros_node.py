@@ -57,6 +57,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from zoa_ros.ros.diagnostics import values_of  # noqa: E402
+from zoa_ros.ros.node_process import call_service  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lark")
 
@@ -144,17 +145,22 @@ class Client:
             self._publishers[key] = pub
         return self._publishers[key]
 
-    def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0) -> Any:
-        client = self.node.create_client(srv_type, name)
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0,
+             once: bool = False) -> Any:
+        """Call a service; an unanswered request is sent again every 5 s (a new client's first
+        response can be lost while DDS still matches its reply reader: ``call_service``),
+        unless ``once`` (a request that must not run twice)."""
+        return call_service(self.node, srv_type, name, request, timeout,
+                            attempt_s=timeout if once else 5.0)
+
+    def transition(self, node: str, transition: int, target: str) -> bool:
+        """Ask a lifecycle node for ``transition`` (sent once); True if it succeeded, or if
+        its answer was lost and the node is now in the ``target`` state."""
+        request = ChangeState.Request(transition=Transition(id=transition))
         try:
-            assert client.wait_for_service(timeout_sec=15.0), f"no service {name}"
-            future = client.call_async(request)
-            done = threading.Event()
-            future.add_done_callback(lambda _: done.set())
-            assert done.wait(timeout), f"{name} did not answer in {timeout} s"
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+            return self.call(ChangeState, f"{node}/change_state", request, once=True).success
+        except TimeoutError:
+            return self.state(node) == target
 
     def trigger(self, name: str) -> Any:
         return self.call(Trigger, name, Trigger.Request())
@@ -600,16 +606,14 @@ def test_deactivate_autosaves_and_activate_resumes(setup) -> None:
     c = setup.client
     bank = setup.tmp / "c.zoabank"
     assert not bank.exists()
-    change = c.call(ChangeState, "/c/zoa_node/change_state", ChangeState.Request(
-        transition=Transition(id=Transition.TRANSITION_DEACTIVATE)))
-    assert change.success and c.state("/c/zoa_node") == "inactive"
+    assert c.transition("/c/zoa_node", Transition.TRANSITION_DEACTIVATE, "inactive")
+    assert c.state("/c/zoa_node") == "inactive"
     assert bank.is_file()
     assert c.diag("/c/zoa_node: classifier")["health"] == "WARN"   # "node is inactive"
     assert all(cpus == CPUS for cpus in _per_thread(os.sched_getaffinity,   # unpinned
                                                     setup.nodes["c"].proc.pid))
-    change = c.call(ChangeState, "/c/zoa_node/change_state", ChangeState.Request(
-        transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
-    assert change.success and c.state("/c/zoa_node") == "active"
+    assert c.transition("/c/zoa_node", Transition.TRANSITION_ACTIVATE, "active")
+    assert c.state("/c/zoa_node") == "active"
     pub = c.publisher(CompressedImage, C_TOPIC, RELIABLE)
     c.send_until(pub, lambda i: compressed("png", 300 + i, "c_again"),
                  _result(c, "/c/", frame_id="c_again"))
