@@ -60,7 +60,8 @@ def test_the_model_alongside_is_paired_with_the_nodes_next_answer() -> None:
     along = bench_node._Alongside("224x224/off", [], lambda frame: None, 20.0)
     along.wall_ms, along.cpu_ms, along.no_room = [21.0, 23.0], [20.0, 22.0], 6
     along.stamps = [7 * 10**8, 5 * 10**8]   # the frames the runs followed
-    answers = [(30.0 + i, 25.0 + i, 24.0 + i, i * 10**8) for i in range(8)]   # e2e, inf, CPU
+    answer = bench_node._Answer   # e2e, inference, its CPU, stamp
+    answers = [answer(30.0 + i, 25.0 + i, 24.0 + i, i * 10**8) for i in range(8)]
     fields = bench_node._alongside_fields(along, answers, period)
     assert fields["model_reference"] == "alongside"
     assert fields["model_alongside"] == {"runs": 2, "paired": 1, "skipped_busy": 0,
@@ -72,9 +73,9 @@ def test_the_model_alongside_is_paired_with_the_nodes_next_answer() -> None:
     assert fields["latency_paired_ms"]["p50"] == 36.0
     assert fields["node_inference_paired_ms"]["p50"] == 31.0
     assert fields["node_inference_cpu_paired_ms"]["p50"] == 30.0
-    answers.append((50.0, 45.0, 44.0, 20 * 10**8))   # the next slice's: after a share, no pair
+    answers.append(answer(50.0, 45.0, 44.0, 20 * 10**8))   # next slice: after a share, no pair
     assert bench_node._alongside_fields(along, answers, period)["model_alongside"]["paired"] == 1
-    answers.append((40.0, 35.0, 34.0, 8 * 10**8))    # now 2 runs of 10 answers: too few
+    answers.append(answer(40.0, 35.0, 34.0, 8 * 10**8))    # now 2 runs of 10 answers: too few
     fields = bench_node._alongside_fields(along, answers, period)
     assert fields["model_alongside"]["paired"] == 2 and fields["latency_paired_ms"]["n"] == 2
     assert fields["model_reference"] == "between slices"

@@ -573,6 +573,16 @@ class _Diag:
     values: dict[str, str] = field(default_factory=dict)
 
 
+class _Answer(NamedTuple):
+    """The node's answer to one frame, as this process received it."""
+
+    e2e_ms: float           # header stamp -> result received here
+    inference_ms: float     # the node's Engine.predict on the frame
+    cpu_ms: float           # its CPU time on the classifying thread
+    stamp: int              # the frame's header stamp, ns
+    queued_ms: float = 0.0  # in the node: camera callback -> start of the classification
+
+
 @dataclass
 class _Alongside:
     """The model run after the node's answers (where it has room) on one condition's stream."""
@@ -620,8 +630,7 @@ class _Bench:
         self.last_sent = 0.0                            # time.monotonic() of the newest frame
         self.next_due = 0.0                             # and of the next one
         self.alongside: _Alongside | None = None
-        # key -> [(e2e, inference, its CPU, stamp, queued in the node)]
-        self.answers: dict[str, list[tuple]] = {}
+        self.answers: dict[str, list[_Answer]] = {}   # condition key -> answers
         self.newest_answered = -1
         self.diag = _Diag()
         self.executor = SingleThreadedExecutor()
@@ -637,10 +646,10 @@ class _Bench:
         with self.lock:
             key, index = self.phase.get(stamp, (None, 0))
             if key is not None:
-                self.answers.setdefault(key, []).append(
-                    ((now - stamp) * 1e-6, float(result["inference_ms"]),
-                     float(result["inference_cpu_ms"]), stamp,
-                     float(result.get("queued_ms", 0.0))))
+                self.answers.setdefault(key, []).append(_Answer(
+                    (now - stamp) * 1e-6, float(result["inference_ms"]),
+                    float(result["inference_cpu_ms"]), stamp,
+                    float(result.get("queued_ms", 0.0))))
             self.newest_answered = max(self.newest_answered, stamp)
             self.lock.notify_all()
         along = self.alongside
@@ -769,7 +778,7 @@ class _Bench:
                 sent, elapsed, answers = self._measure(key, frames)
                 out.append({"size": f"{size[0]}x{size[1]}", "seconds": elapsed, "sent": sent,
                             "answered": len(answers),
-                            "latency_ms": summary([a[0] for a in answers])})
+                            "latency_ms": summary([a.e2e_ms for a in answers])})
                 if not relay.alive():
                     raise RuntimeError(f"relay_node exited; see {log}")
             return out
@@ -827,12 +836,12 @@ class _Bench:
                 "answered": answered, "answered_hz": answered / elapsed if elapsed > 0 else 0.0,
                 "dropped": sent - answered,
                 "dropped_pct": 100.0 * (sent - answered) / sent if sent else 0.0,
-                "latency_ms": summary([a[0] for a in answers]),
-                "latency_samples_ms": [round(a[0], 3) for a in answers],
-                "node_inference_ms": summary([a[1] for a in answers]),
-                "node_inference_cpu_ms": summary([a[2] for a in answers]),
-                "outside_inference_ms": summary([a[0] - a[1] for a in answers]),
-                "node_queued_ms": summary([a[4] for a in answers]),
+                "latency_ms": summary([a.e2e_ms for a in answers]),
+                "latency_samples_ms": [round(a.e2e_ms, 3) for a in answers],
+                "node_inference_ms": summary([a.inference_ms for a in answers]),
+                "node_inference_cpu_ms": summary([a.cpu_ms for a in answers]),
+                "outside_inference_ms": summary([a.e2e_ms - a.inference_ms for a in answers]),
+                "node_queued_ms": summary([a.queued_ms for a in answers]),
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
                 "model_samples_ms": [round(ms, 3) for block in paced for ms in block],
                 "model_back_to_back_ms": _pooled(tight),
@@ -858,7 +867,7 @@ class _Bench:
 
     def _measure(self, key: str, frames: list[np.ndarray], counters: list | None = None,
                  between: Callable[[], None] | None = None
-                 ) -> tuple[int, float, list[tuple]]:
+                 ) -> tuple[int, float, list[_Answer]]:
         """Warm up, then stream for ``--seconds`` in ``--blocks`` slices, calling ``between``
         before, between and after them: frames sent, seconds streamed, answers (e2e ms,
         inference ms, its CPU ms, stamp, ms queued in the node); ``counters`` receives the node's
@@ -950,7 +959,7 @@ class _Bench:
                 "last_step_ms": num("last_step_ms")}
 
 
-def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple],
+def _alongside_fields(along: _Alongside | str, answers: Sequence[_Answer],
                       period_s: float) -> dict[str, Any]:
     """A condition's ``model_alongside*`` fields, the node's answers paired with its runs
     (``*_paired_ms``; ``latency_paired_samples_ms`` and ``model_alongside_samples_ms`` hold
@@ -967,8 +976,8 @@ def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple],
         why = None if 4 * len(along.wall_ms) >= len(answers) > 0 else (
             f"it ran after only {len(along.wall_ms)} of {len(answers)} answers (the node was "
             f"rarely idle long enough between frames: too little CPU for this rate)")
-    stamps = sorted(a[3] for a in answers)
-    by_stamp = {a[3]: a for a in answers}
+    stamps = sorted(a.stamp for a in answers)
+    by_stamp = {a.stamp: a for a in answers}
     runs, node = [], []
     for run, stamp in enumerate(along.stamps):
         i = bisect.bisect_right(stamps, stamp)
@@ -981,11 +990,11 @@ def _alongside_fields(along: _Alongside | str, answers: Sequence[tuple],
     return {"model_alongside_ms": summary([along.wall_ms[i] for i in runs]),
             "model_alongside_cpu_ms": summary([along.cpu_ms[i] for i in runs]),
             "model_alongside": counts,
-            "latency_paired_ms": summary([a[0] for a in node]),
-            "latency_paired_samples_ms": [round(a[0], 3) for a in node],
+            "latency_paired_ms": summary([a.e2e_ms for a in node]),
+            "latency_paired_samples_ms": [round(a.e2e_ms, 3) for a in node],
             "model_alongside_samples_ms": [round(along.wall_ms[i], 3) for i in runs],
-            "node_inference_paired_ms": summary([a[1] for a in node]),
-            "node_inference_cpu_paired_ms": summary([a[2] for a in node]),
+            "node_inference_paired_ms": summary([a.inference_ms for a in node]),
+            "node_inference_cpu_paired_ms": summary([a.cpu_ms for a in node]),
             "model_reference": "between slices" if why else "alongside"}
 
 
