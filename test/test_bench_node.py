@@ -232,6 +232,8 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         queued = c["node_queued_ms"]   # a part of the time outside inference, frame by frame
         assert queued["n"] == c["answered"]
         assert 0 <= queued["p50"] <= c["outside_inference_ms"]["p50"]
+        wake = c["results_wake_ms"]   # DDS reception -> our callback: after, on the same clock
+        assert wake["n"] == c["answered"] and 0 <= wake["p50"] < lat["p50"]
         node = c["node"]
         assert node is not None and node["received"] > 0 and node["classified"] > 0
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
@@ -277,6 +279,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
             c["latency_ms"]["p50"] / by[(c["size"], "off")]["model_alongside_ms"]["p50"])
     assert "transport floor (relay_node, no model)" in result.stdout
     assert "from the camera callback to the inference thread (queued_ms)" in result.stdout
+    assert "ms p50 after its DDS reception (not counted)" in result.stdout
     assert "against the model back to back" in result.stdout
     assert "note: model alongside 224x224/off: " in result.stdout
     assert "against the model between the slices" in result.stdout

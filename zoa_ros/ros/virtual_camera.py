@@ -1,7 +1,8 @@
 """A virtual camera: publishes real photos through a scripted schedule of domains.
 
 Stands in for a camera driver in the demo and the node benchmark. Frames are precomputed (photo x
-domain, corrupted with :mod:`zoa_ros.core.corruptions`) so publishing keeps the rate.
+domain, corrupted with :mod:`zoa_ros.core.corruptions`) and turned into messages once, so
+publishing keeps the rate and a frame's stamp is taken just before it goes out.
 """
 
 from __future__ import annotations
@@ -63,14 +64,23 @@ class VirtualCamera(Node):
         self.frame_id = frame_id
         self.publisher = self.create_publisher(Image, topic, qos_profile_sensor_data)
 
-    def publish(self, frame: np.ndarray) -> tuple[int, int]:
-        """Publish one frame stamped now; returns the stamp as (sec, nanosec)."""
+    def message(self, frame: np.ndarray) -> Image:
+        """``frame`` (uint8 RGB, H x W x 3) as an rgb8 ``Image``, built once, stamped by
+        :meth:`publish` every time it goes out."""
         msg = Image()
-        msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.frame_id
         msg.height, msg.width = frame.shape[:2]
         msg.encoding = "rgb8"
         msg.step = frame.shape[1] * 3
         msg.data = np.ascontiguousarray(frame).tobytes()  # fast path (see environment notes)
+        return msg
+
+    def publish(self, msg: Image) -> tuple[int, int]:
+        """Stamp ``msg`` now and publish it; returns the stamp as (sec, nanosec).
+
+        The message is built beforehand (:meth:`message`), so the stamp is taken just before it
+        goes out and a subscriber's latency from the stamp holds no copying of pixels here.
+        """
+        msg.header.stamp = self.get_clock().now().to_msg()
         self.publisher.publish(msg)
         return msg.header.stamp.sec, msg.header.stamp.nanosec

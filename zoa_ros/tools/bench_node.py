@@ -4,10 +4,14 @@ the bare model's own latency, all measured in one run on this machine.
 ``zoa_node`` runs as its own process with the shipped ``config/zoa.yaml`` and the Fast DDS
 large-image profile; this process publishes rgb8 frames (the photos bundled with scikit-image,
 resized) with sensor-data QoS at ``--rate`` Hz and subscribes to ``classification_json``.
-Latency = receipt of a result here minus the header stamp of the frame it answers (matched by
-the stamp in the JSON; one clock). A frame never answered counts as dropped; the node's
-``/diagnostics`` counters split drops into frames overwritten in its newest-frame slot (the
-model was busy) and frames that never reached its callback.
+Latency = the arrival of a result here minus the header stamp of the frame it answers (matched
+by the stamp in the JSON; one clock). The stamp is taken just before the prebuilt message goes
+out, and the arrival is the result's DDS reception time in this process (rmw_fastrtps reports
+it), so neither this process's copying of pixels nor the wait for its own executor to take the
+result is counted against the node; the latter is reported apart (``results_wake_ms``). A
+frame never answered counts as dropped; the node's ``/diagnostics`` counters split drops into
+frames overwritten in its newest-frame slot (the model was busy) and frames that never reached
+its callback.
 
 Conditions: every size x adaptation off / on (one node process per setting: ``adaptation.enabled``
 false / true, everything else from the config, so "on" is the default ZOA method with the
@@ -74,7 +78,8 @@ SETTLE_S = 3.0            # after a stream: wait this long at most for the last 
 DIAG_WAIT_S = 5.0         # and this long at most for fresh /diagnostics counters
 START_TIMEOUT_S = 180.0
 LEGEND = (
-    "latencies in ms; e2e = header stamp -> classification_json received; node inf = the node's "
+    "latencies in ms; e2e = header stamp (taken as the frame goes out) -> the "
+    "classification_json's DDS reception in this process; node inf = the node's "
     "inference_ms (from the JSON: Engine.predict on the frame's pixels, resize and crop "
     "included); e2e-inf = the rest (transport both ways, waiting in the newest-frame slot while "
     "the model is busy, reading the pixels, publishing); dropped = sent - answered; slot = "
@@ -394,12 +399,14 @@ def format_report(report: dict) -> str:
                          f"{_num(r['inference_cpu_p50_over_model_cpu_p50_off'], 0, 2)}")
         if "floor_p50_ms" in r:
             queued = (off or {}).get("node_queued_ms", {}).get("p50")
+            wake = (off or {}).get("results_wake_ms", {}).get("p50")
             lines.append(f"{size}: the node adds {r['node_added_p50_ms']:.1f} ms to the model's "
                          f"p50 (target <= {r['target_added_p50_ms']:.1f} ms); the transport "
                          f"floor (relay_node, no model) is {r['floor_p50_ms']:.1f} ms p50 = "
                          f"{r['floor_p50_over_model_p50']:.2f} x the model's p50; from the "
                          f"camera callback to the inference thread (queued_ms) "
-                         f"{_num(queued, 0, 2)} ms p50")
+                         f"{_num(queued, 0, 2)} ms p50; this process took each result "
+                         f"{_num(wake, 0, 2)} ms p50 after its DDS reception (not counted)")
         if "p99_on_over_p99_off" in r:
             lines.append(f"{size}: p99 adaptation on / off = "
                          f"{_num(r['p99_on_over_p99_off'], 0, 2)} (target <= "
@@ -576,11 +583,12 @@ class _Diag:
 class _Answer(NamedTuple):
     """The node's answer to one frame, as this process received it."""
 
-    e2e_ms: float           # header stamp -> result received here
+    e2e_ms: float           # header stamp -> the result's DDS reception here
     inference_ms: float     # the node's Engine.predict on the frame
     cpu_ms: float           # its CPU time on the classifying thread
     stamp: int              # the frame's header stamp, ns
     queued_ms: float = 0.0  # in the node: camera callback -> start of the classification
+    wake_ms: float = 0.0    # here: the result's DDS reception -> this process's callback
 
 
 @dataclass
@@ -639,17 +647,18 @@ class _Bench:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="bench_model")
 
     # ---- callbacks (executor thread) ----
-    def _on_result(self, msg: Any) -> None:
+    def _on_result(self, msg: Any, info: Any) -> None:
         now = self.camera.get_clock().now().nanoseconds
+        received = info.get("received_timestamp") or now   # 0 where the middleware has none
         result = json.loads(msg.data)
         stamp = result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
         with self.lock:
             key, index = self.phase.get(stamp, (None, 0))
             if key is not None:
                 self.answers.setdefault(key, []).append(_Answer(
-                    (now - stamp) * 1e-6, float(result["inference_ms"]),
+                    (received - stamp) * 1e-6, float(result["inference_ms"]),
                     float(result["inference_cpu_ms"]), stamp,
-                    float(result.get("queued_ms", 0.0))))
+                    float(result.get("queued_ms", 0.0)), (now - received) * 1e-6))
             self.newest_answered = max(self.newest_answered, stamp)
             self.lock.notify_all()
         along = self.alongside
@@ -842,6 +851,7 @@ class _Bench:
                 "node_inference_cpu_ms": summary([a.cpu_ms for a in answers]),
                 "outside_inference_ms": summary([a.e2e_ms - a.inference_ms for a in answers]),
                 "node_queued_ms": summary([a.queued_ms for a in answers]),
+                "results_wake_ms": summary([a.wake_ms for a in answers]),
                 "model_ms": _pooled(paced), "model_cpu_ms": _pooled(paced_cpu),
                 "model_samples_ms": [round(ms, 3) for block in paced for ms in block],
                 "model_back_to_back_ms": _pooled(tight),
@@ -872,9 +882,10 @@ class _Bench:
         before, between and after them: frames sent, seconds streamed, answers (e2e ms,
         inference ms, its CPU ms, stamp, ms queued in the node); ``counters`` receives the node's
         counters before and after."""
+        messages = [self.camera.message(frame) for frame in frames]
         if self.args.warmup > 0:
             print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
-            self._settle(self._stream(frames, self.args.warmup, None)[1])
+            self._settle(self._stream(messages, self.args.warmup, None)[1])
         if counters is not None:
             counters.append(self._counters())
         blocks = self.args.blocks if between else 1
@@ -885,7 +896,7 @@ class _Bench:
             print(f"{key}: streaming {self.args.seconds / blocks:g} s at "
                   f"{self.args.rate:g} Hz ...", flush=True)
             started = time.monotonic()
-            count, last = self._stream(frames, self.args.seconds / blocks, key)
+            count, last = self._stream(messages, self.args.seconds / blocks, key)
             elapsed += time.monotonic() - started
             sent += count
             self._settle(last)
@@ -903,7 +914,7 @@ class _Bench:
         return self.model_thread.submit(model_latency, engine.predict, frames, runs,
                                         warmup, period, cpu_ms).result()
 
-    def _stream(self, frames: list[np.ndarray], seconds: float, key: str | None
+    def _stream(self, messages: list[Any], seconds: float, key: str | None
                 ) -> tuple[int, int]:
         """Publish at the rate for ``seconds``; returns (frames sent, newest stamp in ns)."""
         period = 1.0 / self.args.rate
@@ -911,7 +922,7 @@ class _Bench:
         end = tick + seconds
         sent, last = 0, -1
         while tick < end:
-            sec, nanosec = self.camera.publish(frames[sent % len(frames)])
+            sec, nanosec = self.camera.publish(messages[sent % len(messages)])
             last = sec * 1_000_000_000 + nanosec
             self.last_sent = time.monotonic()
             if key is not None:

@@ -107,9 +107,9 @@ class _Demo:
                           "adaptation.enabled": not args.no_adaptation}
         print("rendering frames ...", flush=True)
         images = [load_photo(n) for n in PHOTOS]
-        self.frames = render_frames(images, {p.domain for p in phases}, (640, 480),
-                                    args.severity)
+        frames = render_frames(images, {p.domain for p in phases}, (640, 480), args.severity)
         self.camera = VirtualCamera(topic="image")
+        self.messages = {key: self.camera.message(frame) for key, frame in frames.items()}
         self.sent: dict[tuple[int, int], tuple[int, int, float]] = {}
         self.results: dict[int, list[dict]] = defaultdict(list)
         self.lock = threading.Lock()
@@ -185,7 +185,7 @@ class _Demo:
             sent = 0
             while tick < end:
                 photo = n % len(PHOTOS)
-                stamp = self.camera.publish(self.frames[(phase.domain, photo)])
+                stamp = self.camera.publish(self.messages[(phase.domain, photo)])
                 with self.lock:
                     self.sent[stamp] = (index, photo, time.monotonic())
                 n, sent, tick = n + 1, sent + 1, tick + period
