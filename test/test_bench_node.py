@@ -234,6 +234,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert 0 <= queued["p50"] <= c["outside_inference_ms"]["p50"]
         wake = c["results_wake_ms"]   # DDS reception -> our callback: after, on the same clock
         assert wake["n"] == c["answered"] and 0 <= wake["p50"] < lat["p50"]
+        assert c["latency_at_callback_ms"]["p50"] >= lat["p50"]
         node = c["node"]
         assert node is not None and node["received"] > 0 and node["classified"] > 0
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
@@ -245,6 +246,9 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert r["model_reference_off"] == "alongside"
         assert r["node_p50_over_model_p50_off"] == pytest.approx(
             off["latency_paired_ms"]["p50"] / off["model_alongside_ms"]["p50"])
+        assert r["node_p50_at_callback_over_model_p50_off"] == pytest.approx(
+            off["latency_paired_at_callback_ms"]["p50"] / off["model_alongside_ms"]["p50"])
+        assert r["node_p50_at_callback_over_model_p50_off"] >= r["node_p50_over_model_p50_off"]
         assert r["node_p50_over_model_between_p50_off"] == pytest.approx(
             off["latency_ms"]["p50"] / off["model_ms"]["p50"])
         assert r["node_p50_over_model_p50_on"] == pytest.approx(
@@ -280,6 +284,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     assert "transport floor (relay_node, no model)" in result.stdout
     assert "from the camera callback to the inference thread (queued_ms)" in result.stdout
     assert "ms p50 after its DDS reception (not counted)" in result.stdout
+    assert "with e2e up to this process's callback instead" in result.stdout
     assert "against the model back to back" in result.stdout
     assert "note: model alongside 224x224/off: " in result.stdout
     assert "against the model between the slices" in result.stdout
