@@ -277,6 +277,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     for c in relay:
         assert c["sent"] > 20 and 0 < c["answered"] <= c["sent"]
         assert 0 < c["latency_ms"]["p50"] <= c["latency_ms"]["p99"]
+        assert c["latency_at_callback_ms"]["p50"] >= c["latency_ms"]["p50"]
         r = report["ratios"][c["size"]]
         assert r["floor_p50_ms"] == c["latency_ms"]["p50"]
         assert r["floor_p50_over_model_p50"] == pytest.approx(

@@ -796,7 +796,9 @@ class _Bench:
                 sent, elapsed, answers = self._measure(key, frames)
                 out.append({"size": f"{size[0]}x{size[1]}", "seconds": elapsed, "sent": sent,
                             "answered": len(answers),
-                            "latency_ms": summary([a.e2e_ms for a in answers])})
+                            "latency_ms": summary([a.e2e_ms for a in answers]),
+                            "latency_at_callback_ms": summary([a.e2e_ms + a.wake_ms
+                                                               for a in answers])})
                 if not relay.alive():
                     raise RuntimeError(f"relay_node exited; see {log}")
             return out
