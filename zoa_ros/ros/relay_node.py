@@ -2,8 +2,7 @@
 
 ``zoa-ros bench node`` runs it in place of ``zoa_node`` to measure what any Python ROS 2 node
 pays on the machine before classifying anything: DDS delivery of the image (same QoS and Fast
-DDS profile as the node, taken the way the node takes it: :mod:`zoa_ros.ros.camera_inputs`),
-rclpy's message conversion, reading the pixels
+DDS profile as the node), rclpy's message conversion, reading the pixels
 (:func:`~zoa_ros.ros.conversions.to_array`, as the node does) and publishing a
 ``classification_json`` with the frame's header and no results. ``inference_ms`` (and
 ``inference_cpu_ms``) carry the time spent reading the pixels. It keeps freed memory as the
@@ -28,13 +27,12 @@ from std_msgs.msg import String
 
 from zoa_ros.core.allocator import keep_freed_memory
 from zoa_ros.ros import conversions
-from zoa_ros.ros.camera_inputs import CameraInputs
 from zoa_ros.ros.node import input_qos
 
 
 class RelayNode(Node):
     """Subscribes to ``image`` with zoa_node's input QoS (``qos.depth``, ``qos.reliability``)
-    and camera inputs, and answers each frame."""
+    and answers each frame."""
 
     def __init__(self) -> None:
         super().__init__("relay_node")
@@ -42,13 +40,7 @@ class RelayNode(Node):
         reliability = self.declare_parameter("qos.reliability", "best_effort").value
         qos = input_qos(reliability, depth)
         self.results = self.create_publisher(String, "classification_json", 10)
-        self.inputs = CameraInputs(self)
-        self.inputs.subscribe(Image, "image", self._on_image, qos)
-        self.inputs.start()
-
-    def destroy_node(self) -> None:
-        self.inputs.close()
-        super().destroy_node()
+        self.create_subscription(Image, "image", self._on_image, qos)
 
     def _on_image(self, msg: Any) -> None:
         start, cpu_start = time.perf_counter(), time.thread_time()
