@@ -891,9 +891,8 @@ class _Bench:
                  between: Callable[[], None] | None = None
                  ) -> tuple[int, float, list[_Answer]]:
         """Warm up, then stream for ``--seconds`` in ``--blocks`` slices, calling ``between``
-        before, between and after them: frames sent, seconds streamed, answers (e2e ms,
-        inference ms, its CPU ms, stamp, ms queued in the node); ``counters`` receives the node's
-        counters before and after."""
+        before, between and after them: frames sent, seconds streamed, answers
+        (:class:`_Answer`); ``counters`` receives the node's counters before and after."""
         messages = [self.camera.message(frame) for frame in frames]
         if self.args.warmup > 0:
             print(f"{key}: warm-up {self.args.warmup:g} s ...", flush=True)
@@ -928,7 +927,8 @@ class _Bench:
 
     def _stream(self, messages: list[Any], seconds: float, key: str | None
                 ) -> tuple[int, int]:
-        """Publish at the rate for ``seconds``; returns (frames sent, newest stamp in ns)."""
+        """Publish ``messages`` in turn at the rate for ``seconds``, each stamped as it goes
+        out; returns (frames sent, newest stamp in ns)."""
         period = 1.0 / self.args.rate
         tick = time.monotonic()
         end = tick + seconds
