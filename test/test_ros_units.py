@@ -144,8 +144,7 @@ def test_result_json_has_exactly_the_documented_fields() -> None:
     assert d == {"stamp": {"sec": 12, "nanosec": 34}, "frame_id": "cam", "camera": "image",
                  "results": [{"class_index": 3, "label": "cat", "score": 0.5}],
                  "inference_ms": 1.5, "inference_cpu_ms": 1.25, "queued_ms": 0.5,
-                 "adaptation_steps": 7,
-                 "bank_entries": 2, "domain": 0}
+                 "adaptation_steps": 7, "bank_entries": 2, "domain": 0}
 
 
 def test_vision_classification_builder() -> None:

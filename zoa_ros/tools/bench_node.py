@@ -204,6 +204,7 @@ class Reference(NamedTuple):
     model_cpu_ms: dict
     node_samples_ms: Sequence[float] = ()    # e2e latencies and the model's: in pairs where
     model_samples_ms: Sequence[float] = ()   # the model ran alongside
+    node_at_callback_ms: dict | None = None  # e2e up to the bench's callback (older reports)
 
     def p50_interval(self) -> tuple[float, float] | None:
         """95 % bootstrap interval of node p50 / model p50: resampling the pairs alongside,
@@ -222,10 +223,12 @@ def reference(condition: dict) -> Reference:
         return Reference("alongside", c["latency_paired_ms"], c["node_inference_paired_ms"],
                          c["node_inference_cpu_paired_ms"], c["model_alongside_ms"],
                          c["model_alongside_cpu_ms"], c.get("latency_paired_samples_ms", ()),
-                         c.get("model_alongside_samples_ms", ()))
+                         c.get("model_alongside_samples_ms", ()),
+                         c.get("latency_paired_at_callback_ms"))
     return Reference("between slices", c["latency_ms"], c["node_inference_ms"],
                      c["node_inference_cpu_ms"], c["model_ms"], c.get("model_cpu_ms") or {},
-                     c.get("latency_samples_ms", ()), c.get("model_samples_ms", ()))
+                     c.get("latency_samples_ms", ()), c.get("model_samples_ms", ()),
+                     c.get("latency_at_callback_ms"))
 
 
 def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, dict]:
@@ -257,11 +260,9 @@ def ratios(conditions: Sequence[dict], relay: Sequence[dict] = ()) -> dict[str, 
             row["node_p50_over_model_p50_off_ci95"] = list(interval)
         row["node_p50_over_model_between_p50_off"] = ratio(off["latency_ms"]["p50"],
                                                            off["model_ms"]["p50"])
-        at_callback = off.get("latency_paired_at_callback_ms" if ref.name == "alongside"
-                              else "latency_at_callback_ms")
-        if at_callback:   # e2e up to this process's callback, as reports before had it
-            row["node_p50_at_callback_over_model_p50_off"] = ratio(at_callback["p50"],
-                                                                   ref.model_ms["p50"])
+        if ref.node_at_callback_ms:   # e2e up to this process's callback, as reports before
+            row["node_p50_at_callback_over_model_p50_off"] = ratio(
+                ref.node_at_callback_ms["p50"], ref.model_ms["p50"])
         if ref.name == "alongside":   # the two references side by side
             row["model_alongside_p50_over_between_p50_off"] = ratio(ref.model_ms["p50"],
                                                                     off["model_ms"]["p50"])
