@@ -45,6 +45,7 @@ from rclpy.callback_groups import (  # noqa: E402
     MutuallyExclusiveCallbackGroup,
 )
 from rclpy.clock import Clock, ClockType  # noqa: E402
+from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -749,6 +750,22 @@ class ZoaNode(LifecycleNode):
             self.snapshot(), thresholds, self.get_clock().now().to_msg()))
 
 
+def spin(executor: MultiThreadedExecutor, node: ZoaNode) -> None:
+    """``executor.spin()`` until shutdown, through rclpy's race with a destroyed entity.
+
+    rclpy's executor raises ``InvalidHandle`` when an entity is destroyed after it has gathered
+    it and before it adds it to its wait set (a fresh-clone test run once lost ``zoa_node``'s
+    executor thread this way while a deactivate stopped the streams, and with it every service).
+    The next spin gathers the entities afresh, so the node spins on.
+    """
+    while node.context.ok():
+        try:
+            executor.spin()
+            return
+        except InvalidHandle as e:
+            node.get_logger().warning(f"executor: {e}; spinning on")
+
+
 def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
     """Run the node until SIGINT/SIGTERM or a lifecycle shutdown; 0 on a clean exit, 1 if
     autostart could not configure/activate, 2 on bad parameters."""
@@ -771,7 +788,8 @@ def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
         return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name="zoa_executor", daemon=True)
+    spinner = threading.Thread(target=spin, args=(executor, node), name="zoa_executor",
+                               daemon=True)
     spinner.start()
     code = 0
     if node.p("autostart") and not node.start():
