@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	# imagecorruptions declares opencv-python (clashes with the headless build): install it alone.
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps imagecorruptions==1.1.2 2>&1 | grep -v "is ignored: it is neither" || true
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(VPY) -c "import zoa_ros.core.corruptions" || (echo "package install failed" >&2; exit 1)
+	@$(VPY) -c "import zoa_ros.core.data.corruptions" || (echo "package install failed" >&2; exit 1)
 	@touch $@
 
 demo: $(STAMP)

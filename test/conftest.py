@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from zoa_ros.core.calibration import build_pack
-from zoa_ros.core.images import find_images
-from zoa_ros.core.models import ModelSpec
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.data.sample_photos import PHOTOS, load_photo
+from zoa_ros.core.files.images import find_images
+from zoa_ros.core.model.calibration import build_pack
+from zoa_ros.core.model.factory import ModelSpec
+from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.quant import QuantConfig
-from zoa_ros.core.sample_photos import PHOTOS, load_photo
 
 # One intra-op thread for the whole test process: the tests run many small forwards, which are
 # fastest that way, and on a shared CPU spinning OpenMP threads wait on each other (a 2-thread
@@ -187,7 +187,7 @@ def zoa_pack(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from safetensors.torch import save_file
 
     import zoa_ros.core.quant.fake_quant as fake_quant
-    from zoa_ros.core.models import build_model
+    from zoa_ros.core.model.factory import build_model
 
     cache: dict[tuple[str, str], ModelPack] = {}
     folder = tmp_path_factory.mktemp("zoa_packs")
@@ -218,8 +218,8 @@ def zoa_pack(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def zoa_images(photo_dir: Path):
     """``zoa_images(pack, n, seed=0, size=None) -> tensor``: ``n`` random crops of the photos,
     preprocessed for ``pack`` (at ``size`` x ``size`` instead of the model's input if given)."""
-    from zoa_ros.core.images import read_rgb
-    from zoa_ros.core.preprocess import Preprocessor
+    from zoa_ros.core.files.images import read_rgb
+    from zoa_ros.core.model.preprocess import Preprocessor
 
     photos = [read_rgb(p) for p in find_images(photo_dir)]
 
@@ -298,7 +298,7 @@ def rewritten_bank(data: bytes, drop: tuple[str, ...] = (), **changes: object) -
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
-    from zoa_ros.core import bank_file
+    from zoa_ros.core.bank import file as bank_file
 
     tensors = st_load(data)
     size = int.from_bytes(data[:8], "little")

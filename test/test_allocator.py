@@ -1,7 +1,7 @@
-"""core/allocator.py: with the malloc settings applied, classifying single frames on a worker
-thread, and a batch whose activations exceed glibc's largest mmap threshold on the main thread,
-stop page-faulting their activations in again (counted by the kernel, in a fresh process each,
-as the setting is process-wide and one-way)."""
+"""core/runtime/allocator.py: with the malloc settings applied, classifying single frames on a
+worker thread, and a batch whose activations exceed glibc's largest mmap threshold on the main
+thread, stop page-faulting their activations in again (counted by the kernel, in a fresh process
+each, as the setting is process-wide and one-way)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from zoa_ros.core.allocator import keep_freed_memory, keeps_freed_memory
+from zoa_ros.core.runtime.allocator import keep_freed_memory, keeps_freed_memory
 
 # A real timm CNN classifies, on a worker thread, one frame at a time (as the node's inference
 # thread does) or, on the main thread, a batch of 16 (as an adaptation step does in the
@@ -21,7 +21,7 @@ from zoa_ros.core.allocator import keep_freed_memory, keeps_freed_memory
 FAULTS = textwrap.dedent("""
     import json, resource, sys, threading
     import timm, torch
-    from zoa_ros.core.allocator import keep_freed_memory
+    from zoa_ros.core.runtime.allocator import keep_freed_memory
     applied = keep_freed_memory() if sys.argv[1] == "keep" else False
     batch = int(sys.argv[2])
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
@@ -72,9 +72,9 @@ def test_setting_is_reported_and_idempotent() -> None:
 
 ENGINE = textwrap.dedent("""
     import json, sys
-    from zoa_ros.core.allocator import keeps_freed_memory
+    from zoa_ros.core.runtime.allocator import keeps_freed_memory
     from zoa_ros.core.engine import Engine
-    from zoa_ros.core.pack import ModelPack
+    from zoa_ros.core.model.pack import ModelPack
     pack = ModelPack.load(sys.argv[1])
     Engine(pack, keep_freed_memory=False)
     off = keeps_freed_memory()

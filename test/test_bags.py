@@ -12,14 +12,14 @@ import pytest
 import yaml
 from conftest import without_timing
 
-from zoa_ros.core.bag_files import INT32, STRING, raw_messages, typestore
-from zoa_ros.core.bag_stream import BagStream
-from zoa_ros.core.bag_writer import encode_compressed
-from zoa_ros.core.corruptions import corrupt, derive_seed
-from zoa_ros.core.domain_schedule import Visit, parse_schedule, scheduled_frames
-from zoa_ros.core.evaluation import recovery_frames
-from zoa_ros.core.images import find_images, read_rgb
-from zoa_ros.core.stream import order
+from zoa_ros.core.data.bags.files import INT32, STRING, raw_messages, typestore
+from zoa_ros.core.data.bags.stream import BagStream
+from zoa_ros.core.data.bags.writer import encode_compressed
+from zoa_ros.core.data.corruptions import corrupt, derive_seed
+from zoa_ros.core.data.domain_schedule import Visit, parse_schedule, scheduled_frames
+from zoa_ros.core.data.stream import order
+from zoa_ros.core.eval.evaluation import recovery_frames
+from zoa_ros.core.files.images import find_images, read_rgb
 from zoa_ros.tools.cli import main
 from zoa_ros.tools.make_bag import DEFAULT_START_S, cover_crop
 

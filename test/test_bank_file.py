@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import rewritten_bank
 
-from zoa_ros.core import bank_file
 from zoa_ros.core.adapt.zoa import ZOA
+from zoa_ros.core.bank import file as bank_file
 
 
 def _trained(pack, images, steps: int = 6, **config) -> ZOA:

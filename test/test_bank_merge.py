@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import rewritten_bank
 
-from zoa_ros.core import bank_file
 from zoa_ros.core.adapt.bank import pick_removal, similarity_matrix
 from zoa_ros.core.adapt.zoa import ZOA
-from zoa_ros.core.bank_merge import BankInput, merge_banks, merge_files
+from zoa_ros.core.bank import file as bank_file
+from zoa_ros.core.bank.merge import BankInput, merge_banks, merge_files
 from zoa_ros.tools.cli import main
 
 RESNET = {"bn_stats": "batch"}   # predictions normalise with batch statistics

@@ -7,7 +7,7 @@ import torch
 
 from zoa_ros.core.adapt import registry
 from zoa_ros.core.adapt.none import NoAdapt
-from zoa_ros.core.norm_mode import batch_statistics
+from zoa_ros.core.model.norm_mode import batch_statistics
 
 
 def _norm(pack, seed: int = 0, **config):

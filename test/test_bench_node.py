@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoa_ros.core.cpus import format_cpus
+from zoa_ros.core.runtime.cpus import format_cpus
 from zoa_ros.tools import bench_node
+from zoa_ros.tools.bench_node import alongside, stats
 
 CLI = str(Path(sys.executable).with_name("zoa-ros"))
 
@@ -29,7 +30,7 @@ def test_parse_sizes_and_params() -> None:
 
 
 def test_the_target_is_held_against_the_model_alongside_where_it_ran() -> None:
-    s = bench_node.summary
+    s = stats.summary
 
     def condition(reference: str) -> dict:   # the paired frames: the model's fast moments
         along = s([20.0, 22.0]) if reference == "alongside" else s([])
@@ -40,7 +41,7 @@ def test_the_target_is_held_against_the_model_alongside_where_it_ran() -> None:
                 "model_ms": s([30.0]), "model_cpu_ms": s([29.0]),
                 "model_alongside_ms": along, "model_alongside_cpu_ms": along}
 
-    r = bench_node.ratios([condition("alongside")])["224x224"]
+    r = stats.ratios([condition("alongside")])["224x224"]
     assert r["model_reference_off"] == "alongside"
     assert r["node_p50_over_model_p50_off"] == pytest.approx(23.1 / 21.0)
     assert r["p50_target_met"] is True and r["node_added_p50_ms"] == pytest.approx(2.1)
@@ -48,7 +49,7 @@ def test_the_target_is_held_against_the_model_alongside_where_it_ran() -> None:
     assert r["model_alongside_p50_over_between_p50_off"] == pytest.approx(21.0 / 30.0)
     assert r["inference_cpu_p50_over_model_cpu_p50_off"] == pytest.approx(20.5 / 21.0)
     assert r["node_p50_over_inference_p50_off"] == pytest.approx(26.4 / 24.0)   # all frames
-    r = bench_node.ratios([condition("between slices")])["224x224"]   # it did not run
+    r = stats.ratios([condition("between slices")])["224x224"]   # it did not run
     assert r["model_reference_off"] == "between slices"
     assert r["node_p50_over_model_p50_off"] == pytest.approx(26.4 / 30.0)
     assert r["p50_target_met"] is True and "model_alongside_p50_over_between_p50_off" not in r
@@ -57,12 +58,12 @@ def test_the_target_is_held_against_the_model_alongside_where_it_ran() -> None:
 
 def test_the_model_alongside_is_paired_with_the_nodes_next_answer() -> None:
     period = 0.1   # 10 Hz: stamps 100 ms apart
-    along = bench_node._Alongside("224x224/off", [], lambda frame: None, 20.0)
+    along = alongside.Alongside("224x224/off", [], lambda frame: None, 20.0)
     along.wall_ms, along.cpu_ms, along.no_room = [21.0, 23.0], [20.0, 22.0], 6
     along.stamps = [7 * 10**8, 5 * 10**8]   # the frames the runs followed
-    answer = bench_node._Answer   # e2e, inference, its CPU, stamp
+    answer = alongside.Answer   # e2e, inference, its CPU, stamp
     answers = [answer(30.0 + i, 25.0 + i, 24.0 + i, i * 10**8) for i in range(8)]
-    fields = bench_node._alongside_fields(along, answers, period)
+    fields = alongside.alongside_fields(along, answers, period)
     assert fields["model_reference"] == "alongside"
     assert fields["model_alongside"] == {"runs": 2, "paired": 1, "skipped_busy": 0,
                                          "skipped_no_room": 6, "overlapped_next_frame": 0,
@@ -74,13 +75,13 @@ def test_the_model_alongside_is_paired_with_the_nodes_next_answer() -> None:
     assert fields["node_inference_paired_ms"]["p50"] == 31.0
     assert fields["node_inference_cpu_paired_ms"]["p50"] == 30.0
     answers.append(answer(50.0, 45.0, 44.0, 20 * 10**8))   # next slice: after a share, no pair
-    assert bench_node._alongside_fields(along, answers, period)["model_alongside"]["paired"] == 1
+    assert alongside.alongside_fields(along, answers, period)["model_alongside"]["paired"] == 1
     answers.append(answer(40.0, 35.0, 34.0, 8 * 10**8))    # now 2 runs of 10 answers: too few
-    fields = bench_node._alongside_fields(along, answers, period)
+    fields = alongside.alongside_fields(along, answers, period)
     assert fields["model_alongside"]["paired"] == 2 and fields["latency_paired_ms"]["n"] == 2
     assert fields["model_reference"] == "between slices"
     assert "ran after only 2 of 10 answers" in fields["model_alongside"]["not_run_because"]
-    fields = bench_node._alongside_fields("adaptation on", answers, period)
+    fields = alongside.alongside_fields("adaptation on", answers, period)
     assert fields["model_reference"] == "between slices"
     assert fields["model_alongside_ms"]["n"] == fields["latency_paired_ms"]["n"] == 0
     assert fields["model_alongside"]["not_run_because"] == "adaptation on"
@@ -90,14 +91,14 @@ def test_p99_ratio_interval_covers_the_true_ratio_and_narrows_with_more_frames()
     rng = np.random.default_rng(3)
     off = rng.gamma(4.0, 5.0, 3000)
     on = 1.3 * rng.gamma(4.0, 5.0, 3000)     # true p99 ratio 1.3
-    wide = bench_node.percentile_ratio_interval(on[:150], off[:150])
-    narrow = bench_node.percentile_ratio_interval(on, off)
+    wide = stats.percentile_ratio_interval(on[:150], off[:150])
+    narrow = stats.percentile_ratio_interval(on, off)
     assert wide is not None and narrow is not None
     assert narrow[0] < 1.3 < narrow[1] and wide[0] < 1.3 < wide[1]
     assert narrow[1] - narrow[0] < 0.5 * (wide[1] - wide[0])
     assert narrow[0] > 1.0                    # 3000 frames tell 1.3 from 1.0
-    assert bench_node.percentile_ratio_interval(on, off) == narrow       # seeded
-    assert bench_node.percentile_ratio_interval([1.0], off) is None
+    assert stats.percentile_ratio_interval(on, off) == narrow       # seeded
+    assert stats.percentile_ratio_interval([1.0], off) is None
 
 
 def test_p50_interval_of_pairs_sees_through_the_drift_they_share() -> None:
@@ -105,17 +106,17 @@ def test_p50_interval_of_pairs_sees_through_the_drift_they_share() -> None:
     drift = rng.uniform(35.0, 55.0, 300)          # the machine's speed, moment by moment
     model = drift * rng.normal(1.0, 0.01, 300)
     node = 1.08 * drift * rng.normal(1.0, 0.01, 300)
-    paired = bench_node.percentile_ratio_interval(node, model, q=50.0, paired=True)
-    apart = bench_node.percentile_ratio_interval(node, model, q=50.0)
+    paired = stats.percentile_ratio_interval(node, model, q=50.0, paired=True)
+    apart = stats.percentile_ratio_interval(node, model, q=50.0)
     assert paired is not None and apart is not None
     assert paired[0] < 1.08 < paired[1] and paired[1] - paired[0] < 0.02
     assert apart[1] - apart[0] > 3 * (paired[1] - paired[0])   # the drift, counted as noise
     with pytest.raises(ValueError, match="different lengths"):
-        bench_node.percentile_ratio_interval(node, model[:-1], q=50.0, paired=True)
+        stats.percentile_ratio_interval(node, model[:-1], q=50.0, paired=True)
 
 
 def test_the_p50_target_carries_its_interval() -> None:
-    s = bench_node.summary
+    s = stats.summary
     rng = np.random.default_rng(7)
     model = list(rng.uniform(40.0, 50.0, 200))
     node = [1.05 * m + 2.0 for m in model]
@@ -127,14 +128,14 @@ def test_the_p50_target_carries_its_interval() -> None:
                  "model_alongside_cpu_ms": s(model), "latency_samples_ms": node,
                  "latency_paired_samples_ms": node, "model_alongside_samples_ms": model,
                  "model_samples_ms": model[::2]}
-    r = bench_node.ratios([alongside])["640x480"]
+    r = stats.ratios([alongside])["640x480"]
     lo, hi = r["node_p50_over_model_p50_off_ci95"]
     assert lo <= r["node_p50_over_model_p50_off"] <= hi and hi - lo < 0.01   # exact pairs
-    r = bench_node.ratios([{**alongside, "model_reference": "between slices"}])["640x480"]
+    r = stats.ratios([{**alongside, "model_reference": "between slices"}])["640x480"]
     lo_apart, hi_apart = r["node_p50_over_model_p50_off_ci95"]   # all answers, the shares
     assert lo_apart <= r["node_p50_over_model_p50_off"] <= hi_apart
     assert hi_apart - lo_apart > hi - lo
-    r = bench_node.ratios([{**alongside, "model_alongside_samples_ms": []}])["640x480"]
+    r = stats.ratios([{**alongside, "model_alongside_samples_ms": []}])["640x480"]
     assert "node_p50_over_model_p50_off_ci95" not in r   # a report without the samples
 
 
@@ -147,19 +148,19 @@ def test_model_latency_at_a_camera_rate() -> None:
         starts.append(time.monotonic())
         time.sleep(frame)
 
-    assert len(bench_node.model_latency(predict, [0.0], 6, warmup=0, period=0.05)) == 6
+    assert len(alongside.model_latency(predict, [0.0], 6, warmup=0, period=0.05)) == 6
     gaps = np.diff(starts)
     assert gaps.min() >= 0.045 and np.median(gaps) < 0.07
     starts.clear()
     cpu: list[float] = []
-    times = bench_node.model_latency(predict, [0.0, 0.08], 6, warmup=0, period=0.05,
+    times = alongside.model_latency(predict, [0.0, 0.08], 6, warmup=0, period=0.05,
                                      cpu_ms=cpu)
     assert [t > 70 for t in times] == [False, True] * 3
     assert len(cpu) == 6 and max(cpu) < 20   # asleep, not on a CPU
     gaps = np.diff(starts)   # after an 80-ms call the next starts at once, then back on pace
     assert all(g >= 0.045 for g in gaps) and gaps[1::2].max() < 0.1
     starts.clear()
-    bench_node.model_latency(predict, [0.0], 4, warmup=0)   # back to back
+    alongside.model_latency(predict, [0.0], 4, warmup=0)   # back to back
     assert np.diff(starts).max() < 0.02
 
     def spin(seconds: float) -> None:
@@ -168,7 +169,7 @@ def test_model_latency_at_a_camera_rate() -> None:
             pass
 
     cpu.clear()
-    times = bench_node.model_latency(spin, [0.03], 3, warmup=0, cpu_ms=cpu)
+    times = alongside.model_latency(spin, [0.03], 3, warmup=0, cpu_ms=cpu)
     assert all(29 < c <= t + 0.5 for c, t in zip(cpu, times))   # computing: CPU time ~ wall
 
 

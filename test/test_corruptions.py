@@ -1,4 +1,4 @@
-"""Tests for zoa_ros.core.corruptions (ImageNet-C corruptions via imagecorruptions)."""
+"""Tests for zoa_ros.core.data.corruptions (ImageNet-C corruptions via imagecorruptions)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import skimage.filters
 import skimage.util
 from PIL import Image
 
-from zoa_ros.core import corruptions as C
+from zoa_ros.core.data import corruptions as C
 
 
 def _chelsea(height: int = 224, width: int = 224) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""CPU lists and pinning one thread apart from the rest of the process (zoa_ros.core.cpus)."""
+"""CPU lists and pinning one thread apart from the rest of the process
+(zoa_ros.core.runtime.cpus)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from zoa_ros.core.cpus import (
+from zoa_ros.core.runtime.cpus import (
     format_cpus,
     parse_cpus,
     pin_threads,

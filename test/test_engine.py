@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import StandInNone, StandInShift
 
+from zoa_ros.core.data.sample_photos import load_photo
 from zoa_ros.core.engine import Engine, EngineConfig, MalformedFrame, Prediction
-from zoa_ros.core.memory import PeakTensorMemory, module_bytes
-from zoa_ros.core.sample_photos import load_photo
+from zoa_ros.core.runtime.memory import PeakTensorMemory, module_bytes
 
 PHOTOS = [load_photo(n) for n in ("chelsea", "astronaut", "coffee", "rocket")]
 
@@ -280,7 +280,7 @@ def test_registry_none_if_available(vit_pack) -> None:
 
 
 def test_bank_save_and_load_round_trip(vit_pack, make_pack, tmp_path) -> None:
-    bank_file = pytest.importorskip("zoa_ros.core.bank_file")
+    bank_file = pytest.importorskip("zoa_ros.core.bank.file")
     config = {"detect_min_batch": 16, "lr": 0.05}
     eng = Engine(vit_pack, method="zoa", mode="batch", batch_size=16, method_config=config)
     x = frames(eng, 16)

@@ -14,12 +14,12 @@ from conftest import stand_in_factory, without_timing
 from PIL import Image
 
 from zoa_ros.core import engine as engine_module
-from zoa_ros.core.corruptions import corrupt, derive_seed
-from zoa_ros.core.evaluation import evaluate
-from zoa_ros.core.labels import wnid_to_index
-from zoa_ros.core.preprocess import Preprocessor
-from zoa_ros.core.sample_photos import load_photo
-from zoa_ros.core.stream import CorruptionStream, order, subset
+from zoa_ros.core.data.corruptions import corrupt, derive_seed
+from zoa_ros.core.data.sample_photos import load_photo
+from zoa_ros.core.data.stream import CorruptionStream, order, subset
+from zoa_ros.core.eval.evaluation import evaluate
+from zoa_ros.core.model.labels import wnid_to_index
+from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.tools import cli
 from zoa_ros.tools import evaluate as evaluate_tool
 from zoa_ros.tools.report import position_accuracy
@@ -240,7 +240,7 @@ def test_arguments_and_errors(wnid_dir, vit, tmp_path) -> None:
 def test_bank_files_save_load_and_refuse(wnid_dir, vit, tmp_path, capsys) -> None:
     """--save-bank writes the engine's bank; --load-bank starts the next run from it; a bank of
     another pack is refused (exit status 2) before the stream starts."""
-    from zoa_ros.core import bank_file
+    from zoa_ros.core.bank import file as bank_file
     from zoa_ros.core.engine import Engine, EngineConfig
     from zoa_ros.tools import cli
 
@@ -302,7 +302,7 @@ def test_bank_files_save_load_and_refuse(wnid_dir, vit, tmp_path, capsys) -> Non
 
 
 def test_bank_save_paths_and_replay_arguments() -> None:
-    from zoa_ros.core.evaluation import bank_save_paths
+    from zoa_ros.core.eval.evaluation import bank_save_paths
     from zoa_ros.tools import cli
 
     assert bank_save_paths("f/run.zoabank", ["zoa"]) == {"zoa": "f/run.zoabank"}

@@ -7,11 +7,16 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from zoa_ros.core import efficientnet_lite_weights as lite
-from zoa_ros.core.labels import imagenet_labels, load_labels_file, resolve_labels, wnid_to_index
-from zoa_ros.core.models import ModelSpec, build_model, model_family, weights_fingerprint
-from zoa_ros.core.preprocess import Preprocessor
-from zoa_ros.core.sample_photos import load_photo
+from zoa_ros.core.data.sample_photos import load_photo
+from zoa_ros.core.model import efficientnet_lite_weights as lite
+from zoa_ros.core.model.factory import ModelSpec, build_model, model_family, weights_fingerprint
+from zoa_ros.core.model.labels import (
+    imagenet_labels,
+    load_labels_file,
+    resolve_labels,
+    wnid_to_index,
+)
+from zoa_ros.core.model.preprocess import Preprocessor
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
-from zoa_ros.core.calibration import build_pack
-from zoa_ros.core.images import find_images
-from zoa_ros.core.models import ModelSpec, build_model
-from zoa_ros.core.pack import FORMAT_VERSION, ModelPack, PackError
+from zoa_ros.core.files.images import find_images
+from zoa_ros.core.model.calibration import build_pack
+from zoa_ros.core.model.factory import ModelSpec, build_model
+from zoa_ros.core.model.pack import FORMAT_VERSION, ModelPack, PackError
 
 
 @pytest.mark.parametrize("model", ["test_resnet", "test_vit"])

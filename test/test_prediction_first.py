@@ -13,7 +13,7 @@ import torch
 from zoa_ros.core.adapt.bn_stats import BatchNormStats
 from zoa_ros.core.adapt.fused_norm import FusedBatchNorm
 from zoa_ros.core.engine import Engine
-from zoa_ros.core.prediction_first import PredictionFirst
+from zoa_ros.core.runtime.prediction_first import PredictionFirst
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zoa_ros.core.preprocess import Preprocessor, resized_size, to_pil
-from zoa_ros.core.sample_photos import PHOTOS, load_photo
+from zoa_ros.core.data.sample_photos import PHOTOS, load_photo
+from zoa_ros.core.model.preprocess import Preprocessor, resized_size, to_pil
 
 LITE0 = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
          "std": (0.5, 0.5, 0.5), "crop_pct": 0.875, "crop_mode": "center"}

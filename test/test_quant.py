@@ -7,9 +7,9 @@ import torch
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from zoa_ros.core.images import find_images, read_rgb
-from zoa_ros.core.models import ModelSpec, build_model
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.files.images import find_images, read_rgb
+from zoa_ros.core.model.factory import ModelSpec, build_model
+from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.quant import QuantConfig, calibrate, quant_state, quantize_model
 from zoa_ros.core.quant.attention import QuantAttention
 from zoa_ros.core.quant.fake_quant import fake_quant, fake_quant_inference, qrange, search_scale

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from zoa_ros.core.bag_stream import BagStream
+from zoa_ros.core.data.bags.stream import BagStream
 from zoa_ros.core.engine import Engine, EngineConfig
-from zoa_ros.core.images import find_images, read_rgb
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.files.images import find_images, read_rgb
+from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.tools.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lark")

@@ -9,7 +9,7 @@ from zoa_ros.core.adapt.params import RUNNING
 from zoa_ros.core.adapt.stats_recall import StatsRecall
 from zoa_ros.core.adapt.taps import EarlyStats
 from zoa_ros.core.adapt.zoa import ZOA
-from zoa_ros.core.bank_file import BankError, load, save
+from zoa_ros.core.bank.file import BankError, load, save
 
 STREAMING = {**ZOA.streaming_defaults, "detect": False}
 

@@ -1,4 +1,4 @@
-"""Per-thread CPU compute threads (zoa_ros.core.threads), as the node sets them up."""
+"""Per-thread CPU compute threads (zoa_ros.core.runtime.threads), as the node sets them up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from zoa_ros.core.threads import usable_cpus, use_compute_threads
+from zoa_ros.core.runtime.threads import usable_cpus, use_compute_threads
 
 
 def test_a_thread_keeps_its_count_after_the_default_goes_back_to_one() -> None:

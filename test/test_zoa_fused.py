@@ -14,8 +14,8 @@ from zoa_ros.core.adapt.fused_norm import FusedBatchNorm, FusedLayerNorm, fuse_n
 from zoa_ros.core.adapt.layer_select import residual_blocks, select_layers
 from zoa_ros.core.adapt.params import BATCH, LAYER, RUNNING, ParamSet, ParamStore
 from zoa_ros.core.adapt.zoa import ZOA
-from zoa_ros.core.models import model_family
-from zoa_ros.core.norm_mode import batch_statistics
+from zoa_ros.core.model.factory import model_family
+from zoa_ros.core.model.norm_mode import batch_statistics
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> None:

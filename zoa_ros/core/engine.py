@@ -37,12 +37,12 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.allocator import keep_freed_memory
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.prediction import ClassScore, entropy, top_k
-from zoa_ros.core.prediction_first import PredictionFirst
-from zoa_ros.core.preprocess import Preprocessor, to_rgb_array
+from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.prediction import ClassScore, entropy, top_k
+from zoa_ros.core.model.preprocess import Preprocessor, to_rgb_array
 from zoa_ros.core.quant.model import first_conv_name
+from zoa_ros.core.runtime.allocator import keep_freed_memory
+from zoa_ros.core.runtime.prediction_first import PredictionFirst
 
 MODES = ("batch", "streaming")
 
@@ -73,9 +73,9 @@ class EngineConfig:
     device: str = "cpu"
     warmup: bool = True               # one throw-away forward before the method is created
     adapt_enabled: bool = True
-    keep_freed_memory: bool = True    # process-wide malloc setting (core/allocator.py)
+    keep_freed_memory: bool = True    # process-wide malloc setting (core/runtime/allocator.py)
     # A step on another thread waits, before each layer, up to this long for a prediction in
-    # flight to finish (classification first; core/prediction_first.py). 0: it never waits.
+    # flight to finish (classification first; core/runtime/prediction_first.py). 0: it never waits.
     max_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -507,14 +507,14 @@ class Engine:
     def save_bank(self, path: str | Path, provenance: dict[str, str] | None = None) -> None:
         """Write the method's knowledge bank to ``path`` (atomically; the old file survives a
         failure). Methods without a bank raise ``BankError`` (a ``ValueError``)."""
-        from zoa_ros.core import bank_file
+        from zoa_ros.core.bank import file as bank_file
         with self._adapt_lock:
             bank_file.save(path, self.method, self.pack, provenance)
 
     def load_bank(self, path: str | Path) -> dict:
         """Load a knowledge bank and return its metadata. A bank for another pack or layout,
         or a damaged file, raises ``BankError`` and leaves the running bank untouched."""
-        from zoa_ros.core import bank_file
+        from zoa_ros.core.bank import file as bank_file
         with self._adapt_lock:
             return bank_file.load(path, self.method, self.pack)
 

@@ -54,8 +54,8 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from zoa_ros.core.bag_files import COMPRESSED, IMAGE  # noqa: E402
-from zoa_ros.core.live_replay import QOS_CHOICES  # noqa: E402
+from zoa_ros.core.data.bags.files import COMPRESSED, IMAGE  # noqa: E402
+from zoa_ros.core.eval.live_replay import QOS_CHOICES  # noqa: E402
 from zoa_ros.ros.camera_inputs import input_node_name  # noqa: E402
 from zoa_ros.ros.diagnostics import values_of  # noqa: E402
 from zoa_ros.ros.node_process import NodeProcess, call_service, ros_env  # noqa: E402

@@ -1,4 +1,4 @@
-"""Image messages -> numpy arrays (re-exported from :mod:`zoa_ros.core.image_messages`, shared
+"""Image messages -> numpy arrays (re-exported from :mod:`zoa_ros.core.data.image_messages`, shared
 with the bag replay) and the node's result messages.
 
 Messages are duck-typed (no rclpy import), so all of this is testable without ROS.
@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from zoa_ros.core.image_messages import (  # noqa: F401  (the node's conversion API)
+from zoa_ros.core.data.image_messages import (  # noqa: F401  (the node's conversion API)
     COMPRESSED_FORMATS,
     RAW_ENCODINGS,
     MalformedMessage,

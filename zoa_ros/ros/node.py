@@ -60,8 +60,8 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from zoa_ros.core.allocator import keeps_freed_memory  # noqa: E402
-from zoa_ros.core.cpus import (  # noqa: E402
+from zoa_ros.core.runtime.allocator import keeps_freed_memory  # noqa: E402
+from zoa_ros.core.runtime.cpus import (  # noqa: E402
     format_cpus,
     parse_cpus,
     pin_threads,
@@ -133,8 +133,9 @@ def input_qos(reliability: str, depth: int) -> QoSProfile:
 
 
 def use_compute_threads(n: int) -> None:
-    """:func:`zoa_ros.core.threads.use_compute_threads`, importing torch only when needed."""
-    from zoa_ros.core.threads import use_compute_threads as use
+    """:func:`zoa_ros.core.runtime.threads.use_compute_threads`, importing torch only when
+    needed."""
+    from zoa_ros.core.runtime.threads import use_compute_threads as use
 
     use(n)
 
@@ -368,17 +369,17 @@ class ZoaNode(LifecycleNode):
                 "parameter 'pack' is empty: set it to a model pack (.zoapack, made with "
                 "'zoa-ros calibrate'), or set pack_build.model and pack_build.images to "
                 "calibrate one at configure")
-        from zoa_ros.core.pack import ModelPack
+        from zoa_ros.core.model.pack import ModelPack
 
         if text:
             return ModelPack.load(Path(os.path.expandvars(os.path.expanduser(text))))
         return self._build_pack(model)
 
     def _build_pack(self, model: str) -> Any:
-        from zoa_ros.core.calibration import build_pack
-        from zoa_ros.core.images import find_images
-        from zoa_ros.core.models import ModelSpec
-        from zoa_ros.core.pack import ModelPack, PackError
+        from zoa_ros.core.files.images import find_images
+        from zoa_ros.core.model.calibration import build_pack
+        from zoa_ros.core.model.factory import ModelSpec
+        from zoa_ros.core.model.pack import ModelPack, PackError
         from zoa_ros.core.quant import QuantConfig
 
         spec = ModelSpec(model, self.p("pack_build.weights") or "random")

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from zoa_ros.core.config_files import config_path
-from zoa_ros.core.cpus import parse_cpus
+from zoa_ros.core.files.config_files import config_path
+from zoa_ros.core.runtime.cpus import parse_cpus
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ SPECS: tuple[Spec, ...] = (
          "(use_sim_time aware)", low=0.0, high=86400.0),
     Spec("adaptation.stride", 1, "buffer every n-th classified frame", low=1, high=10000),
     Spec("adaptation.threads", 1, "CPU compute threads of an adaptation step (0: all CPUs; "
-         "more than 1 slows classification: see zoa_ros.core.threads)", read_only=True,
+         "more than 1 slows classification: see zoa_ros.core.runtime.threads)", read_only=True,
          low=0, high=256),
     Spec("adaptation.idle_priority", True, "run the adaptation thread under Linux's SCHED_IDLE "
          "policy: it gets a CPU only when classification leaves one idle (false: "

@@ -6,7 +6,7 @@ DDS profile as the node), rclpy's message conversion, reading the pixels
 (:func:`~zoa_ros.ros.conversions.to_array`, as the node does) and publishing a
 ``classification_json`` with the frame's header and no results. ``inference_ms`` (and
 ``inference_cpu_ms``) carry the time spent reading the pixels. It keeps freed memory as the
-node does (:func:`zoa_ros.core.allocator.keep_freed_memory`), so a 921,600-byte frame is not
+node does (:func:`zoa_ros.core.runtime.allocator.keep_freed_memory`), so a 921,600-byte frame is not
 page-faulted in afresh on every message either.
 
 Run: ``python -m zoa_ros.ros.relay_node --ros-args [-p qos.depth:=N]
@@ -25,7 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from zoa_ros.core.allocator import keep_freed_memory
+from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.ros import conversions
 from zoa_ros.ros.node import input_qos
 

@@ -1,7 +1,7 @@
 """A virtual camera: publishes real photos through a scripted schedule of domains.
 
 Stands in for a camera driver in the demo and the node benchmark. Frames are precomputed (photo x
-domain, corrupted with :mod:`zoa_ros.core.corruptions`) and turned into messages once, so
+domain, corrupted with :mod:`zoa_ros.core.data.corruptions`) and turned into messages once, so
 publishing keeps the rate and a frame's stamp is taken just before it goes out.
 """
 
@@ -15,7 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from zoa_ros.core.corruptions import ALL_NAMES, corrupt, derive_seed
+from zoa_ros.core.data.corruptions import ALL_NAMES, corrupt, derive_seed
 
 
 @dataclass(frozen=True)

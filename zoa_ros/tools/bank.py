@@ -6,8 +6,8 @@ import argparse
 import json
 
 from zoa_ros.core.adapt.zoa import ZOAConfig
-from zoa_ros.core.bank_file import inspect_bank
-from zoa_ros.core.bank_merge import merge_files
+from zoa_ros.core.bank.file import inspect_bank
+from zoa_ros.core.bank.merge import merge_files
 
 MERGE_HELP = """\
 Merge knowledge banks of the same model pack (e.g. from several robots or missions) into one.

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from zoa_ros.core.allocator import keep_freed_memory
-from zoa_ros.core.images import read_rgb
-from zoa_ros.core.labelled_images import labelled_images
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.data.labelled_images import labelled_images
+from zoa_ros.core.files.images import read_rgb
+from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.preprocess import Preprocessor
+from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.tools import bench_node, bench_preprocess
 
 
@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--latency-runs", type=int, default=100)
     m.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="raise glibc's malloc thresholds first, as every engine does "
-                        "(zoa_ros/core/allocator.py); --no-keep-freed-memory: glibc's defaults")
+                        "(zoa_ros/core/runtime/allocator.py); --no-keep-freed-memory: glibc's "
+                        "defaults")
     m.add_argument("--json", help="also write the results here")
     m.set_defaults(run=run_model)
     bench_node.add_parser(bsub)

@@ -1,5 +1,5 @@
 """``zoa-ros bench preprocess``: the model's resize + center crop of camera frames, timm's PIL
-transform against the uint8 tensor path :class:`~zoa_ros.core.preprocess.Preprocessor` uses,
+transform against the uint8 tensor path :class:`~zoa_ros.core.model.preprocess.Preprocessor` uses,
 measured in one run: time per frame and how far the pixels differ.
 
 Frames are the photos bundled with scikit-image resized to each ``--sizes`` entry (or the images
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.model.preprocess import Preprocessor
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
 def data_config(pack: str | None, model: str) -> dict:
     """The preprocessing config of a pack, or of a timm model's pretrained cfg."""
     if pack:
-        from zoa_ros.core.pack import ModelPack
+        from zoa_ros.core.model.pack import ModelPack
         return ModelPack.load(pack).data_config
     import timm
     from timm.data import resolve_model_data_config
@@ -78,7 +78,8 @@ def compare(pre: Preprocessor, frames: Sequence[np.ndarray], runs: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoa_ros.tools.bench_node import frames_at, parse_sizes
+    from zoa_ros.tools.bench_node import parse_sizes
+    from zoa_ros.tools.bench_node.alongside import frames_at
 
     torch.set_num_threads(args.threads)
     pre = Preprocessor(data_config(args.pack, args.model))

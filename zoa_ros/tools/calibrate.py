@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from zoa_ros.core.calibration import build_pack
-from zoa_ros.core.images import find_images
-from zoa_ros.core.models import RANDOM, ModelSpec
+from zoa_ros.core.files.images import find_images
+from zoa_ros.core.model.calibration import build_pack
+from zoa_ros.core.model.factory import RANDOM, ModelSpec
 from zoa_ros.core.quant import PRESETS, QuantConfig
 
 

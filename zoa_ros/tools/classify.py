@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from zoa_ros.core.engine import Engine
-from zoa_ros.core.images import find_images, read_rgb
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.prediction import as_dicts
+from zoa_ros.core.files.images import find_images, read_rgb
+from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.prediction import as_dicts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

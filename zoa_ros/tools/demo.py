@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from zoa_ros.core.calibration import build_pack
-from zoa_ros.core.models import ModelSpec
-from zoa_ros.core.pack import ModelPack, PackError
+from zoa_ros.core.data.sample_photos import PHOTOS, load_photo, write_photos
+from zoa_ros.core.model.calibration import build_pack
+from zoa_ros.core.model.factory import ModelSpec
+from zoa_ros.core.model.pack import ModelPack, PackError
 from zoa_ros.core.quant import QuantConfig
-from zoa_ros.core.sample_photos import PHOTOS, load_photo, write_photos
 
 MODEL = ModelSpec("tf_efficientnet_lite0", "efficientnet-lite0")
 SCHEDULE = "clean:10,gaussian_noise:14,fog:14,contrast:12,clean:8"

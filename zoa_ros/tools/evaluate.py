@@ -8,12 +8,18 @@ import os
 
 import torch
 
-from zoa_ros.core.corruptions import ALL_NAMES, CORRUPTIONS, SEVERITIES
-from zoa_ros.core.evaluation import evaluate
-from zoa_ros.core.labelled_images import labelled_images
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.preprocess import Preprocessor
-from zoa_ros.core.stream import CorruptionStream, FrameStream, ImageNetCStream, load_crops, subset
+from zoa_ros.core.data.corruptions import ALL_NAMES, CORRUPTIONS, SEVERITIES
+from zoa_ros.core.data.labelled_images import labelled_images
+from zoa_ros.core.data.stream import (
+    CorruptionStream,
+    FrameStream,
+    ImageNetCStream,
+    load_crops,
+    subset,
+)
+from zoa_ros.core.eval.evaluation import evaluate
+from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.tools.evaluation_cli import (
     add_bank_arguments,
     add_method_arguments,

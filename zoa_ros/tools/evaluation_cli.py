@@ -1,5 +1,5 @@
 """What ``zoa-ros evaluate`` and ``zoa-ros replay`` share: the method/mode/output/bank arguments,
-and running :func:`zoa_ros.core.evaluation.evaluate` into the JSON result, the report and the
+and running :func:`zoa_ros.core.eval.evaluation.evaluate` into the JSON result, the report and the
 printed summary."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import os
 import sys
 import time
 
-from zoa_ros.core.atomic import atomic_write_bytes
+from zoa_ros.core.data.stream import FrameStream, Segment
 from zoa_ros.core.engine import MODES
-from zoa_ros.core.evaluation import evaluate
-from zoa_ros.core.pack import ModelPack, library_versions
-from zoa_ros.core.stream import FrameStream, Segment
+from zoa_ros.core.eval.evaluation import evaluate
+from zoa_ros.core.files.atomic import atomic_write_bytes
+from zoa_ros.core.model.pack import ModelPack, library_versions
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def check_bank_arguments(args: argparse.Namespace, pack: ModelPack) -> None:
                              f"--methods {','.join(args.methods)}")
     if args.load_bank is None:
         return
-    from zoa_ros.core.bank_file import BankError, read
+    from zoa_ros.core.bank.file import BankError, read
     _, meta = read(args.load_bank)
     if meta.get("pack_fingerprint") != pack.fingerprint:
         raise BankError(

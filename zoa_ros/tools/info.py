@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.pack import ModelPack
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """``zoa-ros make-bag``: an image folder and a domain schedule -> a rosbag2 recording with a
 camera topic and a label topic, corrupted on the fly as ``zoa-ros evaluate`` corrupts.
 
-Frames come from the schedule (:mod:`zoa_ros.core.domain_schedule`): ``clean:N,fog:N`` over a
+Frames come from the schedule (:mod:`zoa_ros.core.data.domain_schedule`): ``clean:N,fog:N`` over a
 folder of N images gives the frames ``zoa-ros evaluate --corruptions clean,fog`` scores, in the
 same order with the same corruption seeds; with ``--crop-for PACK`` they are also the same
 pixels, so ``zoa-ros replay`` on the bag reproduces the evaluate numbers exactly.
@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from zoa_ros.core.bag_writer import COMPRESSIONS, STORAGES, BagWriter
-from zoa_ros.core.corruptions import SEVERITIES, corrupt
-from zoa_ros.core.domain_schedule import parse_schedule, scheduled_frames
-from zoa_ros.core.images import find_images
-from zoa_ros.core.labelled_images import labelled_images
-from zoa_ros.core.stream import load_crops
+from zoa_ros.core.data.bags.writer import COMPRESSIONS, STORAGES, BagWriter
+from zoa_ros.core.data.corruptions import SEVERITIES, corrupt
+from zoa_ros.core.data.domain_schedule import parse_schedule, scheduled_frames
+from zoa_ros.core.data.labelled_images import labelled_images
+from zoa_ros.core.data.stream import load_crops
+from zoa_ros.core.files.images import find_images
 
 DEFAULT_START_S = 1_700_000_000.0  # header stamp of the first frame: fixed, so bags reproduce
 
@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 def _geometry(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
     """How each image is sized before it is corrupted."""
     if args.crop_for:
-        from zoa_ros.core.pack import ModelPack
-        from zoa_ros.core.preprocess import Preprocessor
+        from zoa_ros.core.model.pack import ModelPack
+        from zoa_ros.core.model.preprocess import Preprocessor
 
         return Preprocessor(ModelPack.load(args.crop_for).data_config).crop
     if args.resize:

@@ -20,16 +20,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from zoa_ros.core.bag_stream import AUTO, BagStream
-from zoa_ros.core.live_replay import (
+from zoa_ros.core.data.bags.stream import AUTO, BagStream
+from zoa_ros.core.eval.live_replay import (
     QOS_CHOICES,
     decoded_frames,
     live_result,
     match_answers,
     offline_answers,
 )
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.tools.evaluation_cli import (
     add_bank_arguments,
     add_method_arguments,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoa_ros.core.atomic import atomic_write_bytes
+from zoa_ros.core.files.atomic import atomic_write_bytes
 
 
 def write_report(result: dict, folder: str | Path) -> list[Path]:

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.pack import ModelPack
 
 
 @dataclass

@@ -60,9 +60,9 @@ from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
 from zoa_ros.core.adapt.params import BATCH, RUNNING
 from zoa_ros.core.adapt.prompts import InputConvPrompt, PromptTokens
 from zoa_ros.core.adapt.taps import ThreadSafeExtractor
-from zoa_ros.core.features import Features
-from zoa_ros.core.models import model_family
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.factory import model_family
+from zoa_ros.core.model.features import Features
+from zoa_ros.core.model.pack import ModelPack
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoa_ros.core.adapt.params import BATCH, NormSlot, ParamLayout, ParamStore
-from zoa_ros.core.prediction_first import yield_point
+from zoa_ros.core.runtime.prediction_first import yield_point
 
 
 class FusedLayerNorm(nn.LayerNorm):

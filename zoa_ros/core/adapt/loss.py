@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from zoa_ros.core.features import Features
+from zoa_ros.core.model.features import Features
 
 
 class Loss(NamedTuple):

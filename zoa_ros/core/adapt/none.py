@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.pack import ModelPack
 
 
 class NoAdapt(AdaptMethod):

@@ -33,7 +33,7 @@ from zoa_ros.core.adapt.bn_stats import (
 )
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict
 from zoa_ros.core.adapt.params import BATCH, RUNNING
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.pack import ModelPack
 
 LAYERNORM_NOTE = "LayerNorm model: no normalisation statistics to adapt; identical to 'none'"
 

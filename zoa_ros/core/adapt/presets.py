@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from zoa_ros.core.config_files import config_path
+from zoa_ros.core.files.config_files import config_path
 
 
 class PresetError(ValueError):

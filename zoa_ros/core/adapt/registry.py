@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.pack import ModelPack
 
 _BUILTIN: dict[str, str] = {
     "none": "zoa_ros.core.adapt.none:NoAdapt",

@@ -1,6 +1,6 @@
 """Thread-safe feature taps and the record of one forward pass that adaptation can reuse.
 
-:class:`~zoa_ros.core.features.FeatureExtractor` registers its hooks for the duration of each
+:class:`~zoa_ros.core.model.features.FeatureExtractor` registers its hooks for the duration of each
 call, so two threads running it on one model would add hooks to a module another thread is
 iterating and collect each other's taps. :class:`ThreadSafeExtractor` installs its hooks once
 and routes each tap to the calling thread's sink, and also measures the domain detector's
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoa_ros.core.features import FeatureExtractor, Features
+from zoa_ros.core.model.features import FeatureExtractor, Features
 from zoa_ros.core.quant.model import first_conv_name
 
 

@@ -39,7 +39,7 @@ from zoa_ros.core.adapt.bn_stats import (
 )
 from zoa_ros.core.adapt.common import CostCounter, config_from_dict, entropy_per_sample
 from zoa_ros.core.adapt.params import BATCH, RUNNING
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.pack import ModelPack
 
 STE_NOTE = ("TENT back-propagates through fake quantization with a straight-through estimator "
             "(gradient 1 inside each quantizer's range, 0 outside): a non-paper variant; the "

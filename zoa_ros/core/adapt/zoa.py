@@ -68,9 +68,9 @@ from zoa_ros.core.adapt.presets import load_preset
 from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
 from zoa_ros.core.adapt.stats_recall import StatsRecall
 from zoa_ros.core.adapt.taps import EarlyStats, ForwardRecord, ThreadSafeExtractor
-from zoa_ros.core.features import Features
-from zoa_ros.core.models import model_family
-from zoa_ros.core.pack import ModelPack
+from zoa_ros.core.model.factory import model_family
+from zoa_ros.core.model.features import Features
+from zoa_ros.core.model.pack import ModelPack
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +469,7 @@ class ZOA(AdaptMethod):
 
     # ---- persistence ----------------------------------------------------------------------
     def export_bank(self) -> BankState:
-        """A consistent snapshot of the persistent state (for :mod:`zoa_ros.core.bank_file`)."""
+        """A consistent snapshot of the persistent state (for :mod:`zoa_ros.core.bank.file`)."""
         self.store.settle()
         with self._adapt_lock:
             p = self.store.published

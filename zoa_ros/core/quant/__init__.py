@@ -1,4 +1,4 @@
-"""Post-training fake quantization (WxAy) of timm classifiers."""
+"""Post-training fake quantization (WxAy) of timm classifiers. Imports nothing else from core."""
 
 from zoa_ros.core.quant.model import (
     PRESETS,

@@ -29,12 +29,12 @@ Costs per method (``costs``):
   excluded), measured on the chunks without a memory probe.
 * ``peak_mb`` - peak tensor memory one chunk's engine call allocates on top of what existed
   before (activations, perturbations, temporaries; not the model, the input or the bank),
-  sampled every ``memory_every`` chunks; see :mod:`zoa_ros.core.memory`.
+  sampled every ``memory_every`` chunks; see :mod:`zoa_ros.core.runtime.memory`.
 * ``state_mb`` - the model's parameters and buffers plus the knowledge bank.
 
 Knowledge banks (methods with one, i.e. ``export_bank``/``import_bank``, such as ZOA):
 ``load_bank`` loads one bank file into every such method before the first frame (methods without
-a bank ignore it; a refused file raises :class:`~zoa_ros.core.bank_file.BankError` before the
+a bank ignore it; a refused file raises :class:`~zoa_ros.core.bank.file.BankError` before the
 stream starts); ``save_bank`` writes their banks after the last frame, to the paths
 :func:`bank_save_paths` gives. ``result["bank_files"]`` records both. Each domain row of such a
 method holds ``bank_weights``: the mixing weights ``softmax(S·α)`` at the end of the segment,
@@ -54,11 +54,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from zoa_ros.core.data.stream import FrameStream, Segment
 from zoa_ros.core.engine import Engine, EngineConfig, MethodFactory, Prediction
-from zoa_ros.core.memory import MIB, PeakTensorMemory, module_bytes
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.preprocess import Preprocessor
-from zoa_ros.core.stream import FrameStream, Segment
+from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.preprocess import Preprocessor
+from zoa_ros.core.runtime.memory import MIB, PeakTensorMemory, module_bytes
 
 RECOVERY_WINDOW = 32     # frames
 RECOVERY_MARGIN = 5.0    # accuracy points
@@ -370,7 +370,7 @@ def _prepare_banks(runs: list[_MethodRun], load_bank: str | Path | None,
 
 
 def _save(engine: Engine, path: str, provenance: Mapping[str, str] | None) -> None:
-    from zoa_ros.core.bank_file import BankError
+    from zoa_ros.core.bank.file import BankError
     try:
         engine.save_bank(path, dict(provenance or {}))
     except OSError as e:

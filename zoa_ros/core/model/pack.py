@@ -20,10 +20,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from zoa_ros.core.atomic import atomic_write_bytes
-from zoa_ros.core.models import ModelSpec, build_model, weights_fingerprint
+from zoa_ros.core.files.atomic import atomic_write_bytes
+from zoa_ros.core.files.tensor_file import content_hash, read_metadata
+from zoa_ros.core.model.factory import ModelSpec, build_model, weights_fingerprint
 from zoa_ros.core.quant import QuantConfig, quantize_model
-from zoa_ros.core.tensor_file import content_hash, read_metadata
 
 FORMAT = "zoa_ros.pack"
 FORMAT_VERSION = 1

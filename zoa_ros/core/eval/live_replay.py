@@ -1,6 +1,7 @@
 """Scoring a live replay: a bag's frames published into a running ``zoa_node`` and the node's
-``classification_json`` answers, in the result shape of :func:`zoa_ros.core.evaluation.evaluate`
-(no rclpy here; the publishing side is :mod:`zoa_ros.ros.bag_player`).
+``classification_json`` answers, in the result shape of
+:func:`zoa_ros.core.eval.evaluation.evaluate` (no rclpy here; the publishing side is
+:mod:`zoa_ros.ros.bag_player`).
 
 Answers are matched to frames by header stamp (the node publishes the stamp of the image it
 classified). A frame without an answer was dropped: lost in transport, replaced in the node's
@@ -27,12 +28,12 @@ from itertools import pairwise
 
 import numpy as np
 
-from zoa_ros.core.bag_files import typestore
-from zoa_ros.core.bag_stream import BagStream, PlannedFrame
-from zoa_ros.core.evaluation import recovery_frames
-from zoa_ros.core.image_messages import MalformedMessage, to_array
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.stream import SegmentInfo
+from zoa_ros.core.data.bags.files import typestore
+from zoa_ros.core.data.bags.stream import BagStream, PlannedFrame
+from zoa_ros.core.data.image_messages import MalformedMessage, to_array
+from zoa_ros.core.data.stream import SegmentInfo
+from zoa_ros.core.eval.evaluation import recovery_frames
+from zoa_ros.core.model.pack import ModelPack
 
 QOS_CHOICES = ("auto", "best_effort", "reliable")   # reliability of the published frames
 MAX_LISTED = 200   # dropped / differing frames listed one by one in the result

@@ -3,7 +3,7 @@
 Semantics (:func:`merge_banks`):
 
 * Inputs must share the pack fingerprint, the adapted layer layout, ``alpha_scale`` and the
-  BatchNorm layer list; otherwise :class:`~zoa_ros.core.bank_file.BankError` naming both.
+  BatchNorm layer list; otherwise :class:`~zoa_ros.core.bank.file.BankError` naming both.
 * Entries: the union, in input order (all of the first bank's entries in their order, then the
   second's, ...). While more than ``capacity`` remain, the method's own rule removes one
   (METHOD.md §4.4): the older entry ``i`` of the most similar pair ``i < j`` of the similarity
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from zoa_ros.core import bank_file
 from zoa_ros.core.adapt.bank import BankState, EntryOrigin, pick_removal, similarity_matrix
 from zoa_ros.core.adapt.params import ParamLayout
-from zoa_ros.core.atomic import atomic_write_bytes
-from zoa_ros.core.bank_file import BankError
+from zoa_ros.core.bank import file as bank_file
+from zoa_ros.core.bank.file import BankError
+from zoa_ros.core.files.atomic import atomic_write_bytes
 
 
 @dataclass(frozen=True)

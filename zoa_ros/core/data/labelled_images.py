@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from zoa_ros.core.images import find_images
-from zoa_ros.core.labels import wnid_to_index
+from zoa_ros.core.files.images import find_images
+from zoa_ros.core.model.labels import wnid_to_index
 
 
 def labelled_images(root: str | Path, labels_csv: str | Path | None = None

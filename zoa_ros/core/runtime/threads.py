@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from zoa_ros.core.cpus import usable_cpus
+from zoa_ros.core.runtime.cpus import usable_cpus
 
 
 def use_compute_threads(n: int) -> int:

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from zoa_ros.core.features import FeatureExtractor, tap_names
-from zoa_ros.core.images import read_rgb, spread
-from zoa_ros.core.labels import resolve_labels
-from zoa_ros.core.models import ModelSpec, build_model, model_family, weights_fingerprint
-from zoa_ros.core.norm_mode import batch_statistics
-from zoa_ros.core.pack import ModelPack, library_versions
-from zoa_ros.core.preprocess import Preprocessor
+from zoa_ros.core.files.images import read_rgb, spread
+from zoa_ros.core.model.factory import ModelSpec, build_model, model_family, weights_fingerprint
+from zoa_ros.core.model.features import FeatureExtractor, tap_names
+from zoa_ros.core.model.labels import resolve_labels
+from zoa_ros.core.model.norm_mode import batch_statistics
+from zoa_ros.core.model.pack import ModelPack, library_versions
+from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.quant import QuantConfig, calibrate, quant_state, quantize_model
 
 

@@ -6,7 +6,7 @@ corrupted image folders (:class:`CorruptionStream`), ImageNet-C trees (:class:`I
 or, later, rosbag recordings.
 
 Determinism: which images a ``limit`` keeps, the frame order of each (round, domain) and each
-image's corruption all come from :func:`~zoa_ros.core.corruptions.derive_seed` of the one seed,
+image's corruption all come from :func:`~zoa_ros.core.data.corruptions.derive_seed` of the one seed,
 so the same arguments give the same frames on any machine, with any number of workers. An
 image's corruption does not depend on the round (ImageNet-C replays the same files every round);
 the order does, unless ``same_order`` (every round replays round 1's order).
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoa_ros.core.corruptions import corrupt, derive_seed
-from zoa_ros.core.images import find_images, read_rgb
+from zoa_ros.core.data.corruptions import corrupt, derive_seed
+from zoa_ros.core.files.images import find_images, read_rgb
 
 Crop = Callable[[np.ndarray], np.ndarray]
 
@@ -219,7 +219,7 @@ class ImageNetCStream(FrameStream):
                  wnid_index: Callable[[str], int] | None = None, same_order: bool = False
                  ) -> None:
         if wnid_index is None:
-            from zoa_ros.core.labels import wnid_to_index as wnid_index  # imports timm
+            from zoa_ros.core.model.labels import wnid_to_index as wnid_index  # imports timm
         self.root = Path(root)
         self.corruptions, self.crop, self.input_hw = list(corruptions), crop, tuple(input_hw)
         self.severity, self.rounds, self.seed, self.limit = severity, rounds, seed, limit

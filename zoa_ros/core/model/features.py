@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoa_ros.core.models import model_family
+from zoa_ros.core.model.factory import model_family
 
 
 @dataclass

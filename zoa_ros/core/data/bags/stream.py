@@ -1,8 +1,8 @@
-"""A rosbag2 recording (MCAP or sqlite3) as a :class:`~zoa_ros.core.stream.FrameStream`.
+"""A rosbag2 recording (MCAP or sqlite3) as a :class:`~zoa_ros.core.data.stream.FrameStream`.
 
 Every frame of one image topic (``sensor_msgs/Image`` rgb8/bgr8/mono8/rgba8/bgra8 or
 ``sensor_msgs/CompressedImage`` jpeg/png) is read in recording order and decoded to uint8
-HxWx3 RGB. Labels come from a label topic or a sidecar CSV (:mod:`zoa_ros.core.bag_labels`).
+HxWx3 RGB. Labels come from a label topic or a sidecar CSV (:mod:`zoa_ros.core.data.bags.labels`).
 Consecutive frames with the same domain name form one :class:`Segment` (a domain seen again
 later is its next round); a bag without domain names is one segment named ``bag``, and a bag
 without labels is one unlabelled segment (``Segment.labels is None``).
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from zoa_ros.core.bag_files import (
+from zoa_ros.core.data.bags.files import (
     COMPRESSED,
     IMAGE_TYPES,
     LABEL_TYPES,
@@ -40,9 +40,14 @@ from zoa_ros.core.bag_files import (
     stamp_ns,
     topics,
 )
-from zoa_ros.core.bag_labels import Label, Labels, labels_from_csv, labels_from_topic
-from zoa_ros.core.image_messages import MalformedMessage, check_compressed, check_image, to_array
-from zoa_ros.core.stream import FrameStream, Segment, SegmentInfo
+from zoa_ros.core.data.bags.labels import Label, Labels, labels_from_csv, labels_from_topic
+from zoa_ros.core.data.image_messages import (
+    MalformedMessage,
+    check_compressed,
+    check_image,
+    to_array,
+)
+from zoa_ros.core.data.stream import FrameStream, Segment, SegmentInfo
 
 DEFAULT_SEGMENT = "bag"
 AUTO = "auto"

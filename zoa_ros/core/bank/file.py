@@ -28,9 +28,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from zoa_ros.core.adapt.bank import BankState, EntryOrigin, utc_now
-from zoa_ros.core.atomic import atomic_write_bytes
-from zoa_ros.core.pack import ModelPack
-from zoa_ros.core.tensor_file import content_hash, read_metadata
+from zoa_ros.core.files.atomic import atomic_write_bytes
+from zoa_ros.core.files.tensor_file import content_hash, read_metadata
+from zoa_ros.core.model.pack import ModelPack
 
 FORMAT = "zoa_ros.bank"
 FORMAT_VERSION = 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoa_ros.core.bag_files import INT32, STRING, messages
+from zoa_ros.core.data.bags.files import INT32, STRING, messages
 
 
 @dataclass(frozen=True)

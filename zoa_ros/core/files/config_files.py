@@ -9,7 +9,7 @@ from pathlib import Path
 def config_path(name: str) -> Path | None:
     """A file shipped in ``config/``: the source tree / editable install, then the installed ROS
     package share (ament index), then ``<prefix>/share/zoa_ros/config`` of a pip install."""
-    candidates = [Path(__file__).resolve().parents[2] / "config" / name]
+    candidates = [Path(__file__).resolve().parents[3] / "config" / name]
     try:
         from ament_index_python.packages import get_package_share_directory
         candidates.append(Path(get_package_share_directory("zoa_ros")) / "config" / name)

@@ -2,8 +2,9 @@
 
 A schedule is a list of visits ``(domain, frames)``. The frames of each domain are drawn from
 that domain's own endless sequence of seeded permutations of the images - permutation ``r`` is
-:func:`zoa_ros.core.stream.order` ``(n, seed, domain, r)``, the frame order of round ``r`` of
-:class:`~zoa_ros.core.stream.CorruptionStream` - and each visit takes the next ``frames`` of it.
+:func:`zoa_ros.core.data.stream.order` ``(n, seed, domain, r)``, the frame order of round ``r`` of
+:class:`~zoa_ros.core.data.stream.CorruptionStream` - and each visit takes the next ``frames``
+of it.
 So ``clean:N,fog:N`` over ``N`` images gives exactly the frames, order and corruption seeds of
 ``zoa-ros evaluate --corruptions clean,fog`` (and ``clean:N,fog:N,clean:N,fog:N`` those of
 ``--rounds 2``); other counts cycle through the images, reshuffled on every pass.
@@ -14,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from zoa_ros.core.corruptions import ALL_NAMES, derive_seed
-from zoa_ros.core.stream import order
+from zoa_ros.core.data.corruptions import ALL_NAMES, derive_seed
+from zoa_ros.core.data.stream import order
 
 
 @dataclass(frozen=True)

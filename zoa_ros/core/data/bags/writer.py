@@ -2,7 +2,7 @@
 
 :class:`BagWriter` writes uint8 RGB frames on a camera topic (``sensor_msgs/Image`` rgb8, or
 ``sensor_msgs/CompressedImage`` jpeg/png) and, for labelled frames, a ``std_msgs/String`` label
-with the same header stamp (:func:`zoa_ros.core.bag_labels.label_json`). The message
+with the same header stamp (:func:`zoa_ros.core.data.bags.labels.label_json`). The message
 definitions and type hashes are the ROS 2 Kilted ones rosbags ships.
 
 Atomic: the bag is written into a temporary folder beside ``out`` and renamed into place only
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from zoa_ros.core.atomic import fsync_dir
-from zoa_ros.core.bag_files import COMPRESSED, IMAGE, STRING, typestore
-from zoa_ros.core.bag_labels import label_json
+from zoa_ros.core.data.bags.files import COMPRESSED, IMAGE, STRING, typestore
+from zoa_ros.core.data.bags.labels import label_json
+from zoa_ros.core.files.atomic import fsync_dir
 
 STORAGES = ("mcap", "sqlite3")
 COMPRESSIONS = ("jpeg", "png")

@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from zoa_ros.core import efficientnet_lite_weights as lite
+from zoa_ros.core.model import efficientnet_lite_weights as lite
 
 RANDOM = "random"
 

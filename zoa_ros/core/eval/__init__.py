@@ -1,0 +1,3 @@
+"""Scoring adaptation: the continual benchmark over a frame stream, methods side by side
+(``evaluation``), and scoring a live node's answers to a replayed recording
+(``live_replay``). The top room: it may import every other room and the engine."""
