@@ -259,7 +259,8 @@ def test_reset_on_change_replaces_the_estimate_only_when_asked(zoa_pack, shifted
 
 
 def test_streaming_zoa_leaves_the_estimate_to_the_frames(zoa_pack):
-    """Streaming mode's default: no reset at a change (docs/RESULTS.md §2.4f); batch mode and
+    """Streaming mode's default: no reset at a change (docs/lab/streaming-statistics.md §2.4f);
+    batch mode and
     explicit settings keep it."""
     pack = zoa_pack("test_resnet")
     assert not Engine(pack, method="zoa", mode="streaming").method.cfg.stats_reset_on_change

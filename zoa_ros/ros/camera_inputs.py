@@ -6,7 +6,7 @@ multi-threaded executor hands every ready callback from its waiting thread to a 
 and rebuilds its wait set over all of the node's entities (lifecycle and parameter services,
 publishers, timers) in Python each time. A single-threaded executor takes the message and runs
 the callback in the thread that waited, which is what ``zoa-ros bench node``'s relay floor pays
-(docs/RESULTS.md §4.6: what the multi-threaded one cost the node).
+(docs/lab/node-latency.md §4.6: what the multi-threaded one cost the node).
 
 rclpy spins whole nodes, not callback groups, so the subscriptions live on a small companion
 node, ``<node name>_input`` in the same namespace, spun by a ``SingleThreadedExecutor`` on its

@@ -69,10 +69,10 @@ SPECS: tuple[Spec, ...] = (
          high=INT_MAX),
     Spec("inference.threads", 1, "CPU compute threads of classification (0: all CPUs this "
          "process may use; more than 1 is faster only while no other process wants those CPUs: "
-         "docs/RESULTS.md §4.2)", read_only=True, low=0, high=256),
+         "docs/lab/node-latency.md §4.2)", read_only=True, low=0, high=256),
     Spec("inference.cpus", "", "CPUs that only classification runs on, the node's other threads "
          "on the rest of the process's CPUs: a Linux CPU list ('3', '2-3,6') or a list of CPU "
-         "numbers; empty: wherever the scheduler puts it (docs/RESULTS.md §4.8)",
+         "numbers; empty: wherever the scheduler puts it (docs/lab/node-latency.md §4.8)",
          read_only=True, check=_cpu_list_error, dynamic_typing=True,
          constraints="CPU list, a CPU number or a list of them"),
     Spec("inference.keep_freed_memory", True, "keep freed memory in the process (glibc malloc "

@@ -21,7 +21,7 @@ Single frames are then normalised with a *mixture* of the source distribution (w
 strength of Schneider et al., NeurIPS 2020, as a fixed weight). A camera sees few scenes at a
 time, so a test estimate over the last ~100 frames carries their content as well as the shift;
 the blend keeps the source's view of the world (streaming default w = 0.75, measured in
-docs/RESULTS.md §2.4).
+docs/lab/streaming-statistics.md §2.4).
 
 :class:`BatchNormStats` gives the baselines (BN-stat adaptation, T3A, TENT, FOA on CNNs) this
 estimate: every ``BatchNorm2d`` of the model is replaced by ZOA's fused BatchNorm with no

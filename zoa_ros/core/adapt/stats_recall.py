@@ -3,7 +3,8 @@
 In streaming mode a BatchNorm model classifies single frames with a running estimate of the
 test statistics (:mod:`.bn_stats`). After a domain change that estimate lags: it still holds
 the previous domain for about ``1/frame_momentum`` frames, and the first frames of the new
-domain are classified with the wrong statistics (docs/RESULTS.md §2.4j: the first 64 frames of a
+domain are classified with the wrong statistics (docs/lab/streaming-statistics.md §2.4j: the first
+64 frames of a
 domain score ~10 points below the rest). ZOA's bank keeps what the *affine* parameters learned
 per domain; this memory keeps the *statistics*, so a revisited domain is normalised with its
 own statistics from its first frames on.

@@ -26,7 +26,8 @@ batch folds its mean and unbiased variance in with ρ = ``stats_momentum``. With
 ``stats_reset_on_change`` a detected domain change replaces the estimate by the adapted batch's
 statistics: on by default, off in streaming mode (``streaming_defaults``), where the frames
 rule follows a new domain within ~1/ρ_f frames by itself and replacing a ~100-frame estimate by
-one 64-frame batch cost 0.4 points on full-length domains (docs/RESULTS.md §2.4f-g).
+one 64-frame batch cost 0.4 points on full-length domains (docs/lab/streaming-statistics.md
+§2.4f-g).
 With ``stats_recall`` (streaming default) a revisited domain gets its own running estimate
 back as soon as its stem statistics are recognised (:mod:`.stats_recall`).
 (:meth:`ZOA.forward_and_adapt` predicts from its adaptation forward, i.e. with batch

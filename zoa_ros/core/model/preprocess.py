@@ -5,7 +5,7 @@ its antialiased bicubic resize of a 640x480 camera frame took 4.5 ms on one core
 the model. Where that transform is a plain ``Resize`` + ``CenterCrop`` (timm's "center" and
 "squash" crop modes, bilinear or bicubic), the same geometry runs on the uint8 pixels with
 torch's antialiased uint8 kernel, which is written to match PIL: within one intensity level when
-shrinking, and 4.2x faster at 640x480 (``zoa-ros bench preprocess``, docs/RESULTS.md §4.6).
+shrinking, and 4.2x faster at 640x480 (``zoa-ros bench preprocess``, docs/lab/node-latency.md §4.6).
 Other transforms ("border" crop mode, other interpolations) run through timm's PIL transform.
 """
 

@@ -9,8 +9,9 @@ frame in its first layers (hundreds of MB per tensor for a 64-frame adaptation b
 forward passes keep handing memory back and page-faulting it in again, and the kernel zeroes
 every page on its first touch: thousands of page faults per single-frame forward pass of
 EfficientNet-Lite0 (none with the settings below; test/test_allocator.py counts them), and on
-a 64-frame batch the page faults cost more than the arithmetic (docs/RESULTS.md §2.4l). What it
-costs in the node's latency: docs/RESULTS.md §4.
+a 64-frame batch the page faults cost more than the arithmetic (docs/lab/streaming-statistics.md
+§2.4l). What it
+costs in the node's latency: docs/lab/node-latency.md §4.
 
 :func:`keep_freed_memory` sets, with ``mallopt``:
 
@@ -22,7 +23,7 @@ costs in the node's latency: docs/RESULTS.md §4.
 * no trimming (trim threshold -1): free memory at the top of a heap is never handed back. An
   adaptation step of EfficientNet-Lite0 on 64 frames peaks at about 1.1 GiB of tensors; with
   the 1 GiB threshold used before, each step's frees handed that back and the next step
-  faulted it in again (docs/RESULTS.md §2.4m).
+  faulted it in again (docs/lab/streaming-statistics.md §2.4m).
 
 The process's resident memory therefore stays at its high-water mark instead of falling back
 between steps. Written here rather than taken from a library: the allocators that do this out
@@ -34,7 +35,7 @@ One heap for all threads (glibc ``M_ARENA_MAX`` 1, set before any thread starts)
 worker thread's batches stay in the heap too, but the threads would then share that heap's
 lock, and ``zoa_node`` adapts on a SCHED_IDLE thread: preempted while holding it on a busy CPU,
 that thread could stall classification. It also changed nothing ``zoa-ros bench node`` could
-measure (docs/RESULTS.md §4.4), so it is not done.
+measure (docs/lab/node-latency.md §4.4), so it is not done.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Unpinned, the scheduler moves a latency-critical thread between CPUs and lets th
 other threads (DDS, executors, the camera callback) preempt it. :func:`reserve_cpus` gives the
 thread CPUs of its own and every other thread of the process the rest; threads started later
 inherit the CPUs of the thread that starts them. Other processes (a camera driver) are the
-system's to place (``taskset``, cgroup cpusets). What it bought on two CPUs: docs/RESULTS.md §4.8.
+system's to place (``taskset``, cgroup cpusets). What it bought on two CPUs:
+docs/lab/node-latency.md §4.8.
 
 Written here because the standard library has the system calls (``os.sched_setaffinity``) but
 nothing that applies them to the other threads of a process.

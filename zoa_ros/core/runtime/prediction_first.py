@@ -2,7 +2,8 @@
 
 In the node the inference thread and the background adaptation thread run at once, each on a
 CPU of its own. Even so, a step running beside a prediction makes it slower: the two share the
-memory bandwidth and the caches (docs/RESULTS.md §4.5 measures the slowdown). A step therefore
+memory bandwidth and the caches (docs/lab/node-latency.md §4.5 measures the slowdown). A step
+therefore
 yields: before each of the model's normalisation layers (our fused layers call
 :func:`yield_point`), the adapting thread waits while a prediction is in flight, at most
 ``max_pause_s`` per layer, so that a camera that keeps the model busy all the time slows

@@ -5,7 +5,8 @@ thread copies torch's process default (the last ``torch.set_num_threads``) when 
 parallel kernel, and keeps a team of OpenMP workers alive from its first multi-threaded kernel
 until it exits. Once a process holds more of those workers than it has CPUs, GNU OpenMP stops
 letting idle workers spin and puts them to sleep after every parallel region, so each of a small
-model's hundreds of short kernels pays a wake-up (docs/RESULTS.md §4: what that cost the node).
+model's hundreds of short kernels pays a wake-up (docs/lab/node-latency.md §4: what that cost the
+node).
 
 So a process with one latency-critical thread (the node's inference) gives that thread the
 CPUs and every other thread that touches torch one compute thread: :func:`use_compute_threads`.

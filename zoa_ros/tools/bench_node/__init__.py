@@ -27,7 +27,7 @@ before and after the stream the model saw other minutes than the node.
 The model runs twice in each share: once per camera period (``1 / --rate``, idle in between,
 the duty cycle of the node's inference thread) and back to back; their ratio is printed (a CPU
 that idles between frames may compute each one slower than a CPU kept busy: power states,
-caches, and on a virtual machine the hypervisor's scheduling; docs/RESULTS.md §4.7).
+caches, and on a virtual machine the hypervisor's scheduling; docs/lab/node-latency.md §4.7).
 
 With adaptation off, the model also runs *alongside* the stream: after each of the node's
 answers, on the frame that answer was for, while the node waits for its next frame, and only
