@@ -7,7 +7,8 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "zoa_ros" / "core"
 # Lowest first, as zoa_ros/core/__init__.py lists them; engine and controls share a level.
-ROOMS = ["files", "runtime", "quant", "model", "data", "adapt", "bank", "engine", "eval"]
+ROOMS = ["files", "runtime", "quant", "model", "data", "adapt", "bank", "backend", "engine",
+         "eval"]
 LEVEL = {room: i for i, room in enumerate(ROOMS)} | {"controls": ROOMS.index("engine")}
 
 

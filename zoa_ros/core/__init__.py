@@ -10,6 +10,7 @@ Rooms, lowest first; a room imports only from rooms before it (``test/test_layou
 * ``data``: frame streams: image folders, corruptions, domain schedules, image messages, bags.
 * ``adapt``: the test-time adaptation methods (ZOA and baselines).
 * ``bank``: knowledge bank files and fleet merges.
+* ``backend``: inference backends: the pack as an int8 ONNX QDQ graph, ONNX Runtime.
 * ``engine`` (with ``controls``): classify, buffer, adapt, count costs.
 * ``eval``: the continual benchmark and live replay scoring.
 """

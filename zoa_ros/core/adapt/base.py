@@ -93,6 +93,13 @@ class AdaptMethod(ABC):
         with self.observing():
             return self.predict(x), None
 
+    @property
+    def follows_frames(self) -> bool:
+        """Whether :meth:`predict_with_record` changes what later predictions read (the running
+        BatchNorm statistics of the frames rule): a runtime that classifies the frames elsewhere
+        replays them through it (default: no)."""
+        return False
+
     def observing(self) -> AbstractContextManager:
         """Context in which predictions may update stream-following state (default: none)."""
         return nullcontext()

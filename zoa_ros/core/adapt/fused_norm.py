@@ -101,14 +101,30 @@ class FusedBatchNorm(nn.BatchNorm2d):
         else:
             if ctx.frame_sink is not None:
                 ctx.frame_sink[self.index] = x.detach()
-            mean, var = ctx.params.bn_stats[self.index]
-            w = self.store.stats_prior
-            if w > 0:   # a mixture of the source and the test distribution
-                gap = mean - self.running_mean
-                mean, var = (self.running_mean + (1 - w) * gap,
-                             (1 - w) * var + w * self.running_var + w * (1 - w) * gap * gap)
+            mean, var = self._running_stats(ctx)
             x = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         return self.act(self.drop(x))
+
+    def _running_stats(self, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var = ctx.params.bn_stats[self.index]
+        w = self.store.stats_prior
+        if w > 0:   # a mixture of the source and the test distribution
+            gap = mean - self.running_mean
+            mean, var = (self.running_mean + (1 - w) * gap,
+                         (1 - w) * var + w * self.running_var + w * (1 - w) * gap * gap)
+        return mean, var
+
+    def prediction_norm(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, var, weight, bias)`` a prediction on this thread normalises single frames
+        with (the published set, running statistics), for runtimes that fold them into their
+        own weights. ``ValueError`` when predictions use batch statistics."""
+        ctx = self.store.context()
+        if ctx.norm == BATCH:
+            raise ValueError("predictions normalise with the statistics of each batch "
+                             "(bn_stats: batch); there is no single normalization to fold")
+        weight, bias = (self.weight, self.bias) if self.slot is None else \
+            ctx.params.affine(self.slot)
+        return (*self._running_stats(ctx), weight, bias)
 
     def extra_repr(self) -> str:
         adapted = "frozen" if self.slot is None else f"slot={self.slot.name!r}"

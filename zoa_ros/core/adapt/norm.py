@@ -75,6 +75,10 @@ class NormAdapt(AdaptMethod):
         self._count(forward_passes=1)
         return logits, ctx.bn_sink
 
+    @property
+    def follows_frames(self) -> bool:
+        return self._running and self.cfg.frame_momentum > 0
+
     def observing(self) -> AbstractContextManager:
         return self.stats.observing()
 

@@ -227,6 +227,10 @@ class ZOA(AdaptMethod):
         return self.store.published
 
     @property
+    def follows_frames(self) -> bool:
+        return self._fold_frames
+
+    @property
     def layer_names(self) -> list[str]:
         return self.layout.names
 
@@ -294,11 +298,19 @@ class ZOA(AdaptMethod):
                  len(self.recall.entries))
 
     def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
+        shift = self._shift(params)
+        return features.logits if shift is None else self.classifier(features.pre_logits + shift)
+
+    def _shift(self, params: ParamSet) -> torch.Tensor | None:
         if not self.cfg.shift or params.shift_h is None:
-            return features.logits
+            return None
         target = self._source_last[-1] if self.cfg.compat_scalar_shift else self._source_last
-        shift = self.cfg.shift_step * (target - params.shift_h)
-        return self.classifier(features.pre_logits + shift)
+        return self.cfg.shift_step * (target - params.shift_h)
+
+    def pre_logits_shift(self) -> torch.Tensor | None:
+        """The activation shift predictions add to the pre-logits feature now (``None``: none),
+        for runtimes that classify with the published parameters elsewhere."""
+        return self._shift(self.params)
 
     def _loss(self, features: Features) -> torch.Tensor:
         return zoa_loss(features, self.source_mean, self.source_std, self.tap_sizes,
