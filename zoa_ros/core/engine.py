@@ -18,6 +18,15 @@ engine's own lock only guards counters and the buffer (never a forward pass); ad
 resets and bank loads are serialised by a second lock that :meth:`predict` never takes. The
 method is responsible for publishing its new parameters with one atomic swap.
 
+Backends (``EngineConfig.backend``, :mod:`zoa_ros.core.backend`): frames are classified by the
+method on the torch reference (``torch``, the simulation) or by the int8 export on ONNX
+Runtime (``onnxruntime``; ``auto`` picks it where it works). With the int8 runtime the torch
+reference still adapts: at each step the engine first replays the step's frames through the
+method's observed prediction (so statistics that follow the frames move as they would have,
+once per step instead of once per frame), takes the step, then hands the reference's
+normalizations and activation shift to the backend, which swaps them in with one assignment;
+resets and bank loads do the same.
+
 Randomness comes from one CPU ``torch.Generator`` seeded from the config (handed to the method
 and used for buffer sampling), so a seed draws the same numbers on any device; the device comes
 from the config; nothing here imports rclpy.
@@ -26,6 +35,7 @@ from the config; nothing here imports rclpy.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,12 +47,16 @@ import torch
 from torch import nn
 
 from zoa_ros.core.adapt.base import AdaptMethod
+from zoa_ros.core.backend.choose import check_backend_name, choose_backend
+from zoa_ros.core.backend.reference import prediction_norms, prediction_shift
 from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.prediction import ClassScore, entropy, top_k
 from zoa_ros.core.model.preprocess import Preprocessor, to_rgb_array
 from zoa_ros.core.quant.model import first_conv_name
 from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.core.runtime.prediction_first import PredictionFirst
+
+log = logging.getLogger(__name__)
 
 MODES = ("batch", "streaming")
 
@@ -77,11 +91,20 @@ class EngineConfig:
     # A step on another thread waits, before each layer, up to this long for a prediction in
     # flight to finish (classification first; core/runtime/prediction_first.py). 0: it never waits.
     max_pause_s: float = 0.0
+    # What classifies: "torch" (the simulation), "onnxruntime" (the int8 export) or "auto"
+    # (the int8 runtime where it works, else torch with a warning); core/backend/choose.py.
+    backend: str = "torch"
+    int8_model: str | None = None     # an export file (zoa-ros export); None: export at start
+    backend_threads: int = 1          # threads of the int8 runtime's session
+    # Fold observed frames into statistics that follow them at each adaptation step instead of
+    # at each prediction: what the int8 runtime does; set with torch to measure what it costs.
+    stats_per_step: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("batch_size", "min_frames", "stride", "top_k"):
+        check_backend_name(self.backend)
+        for name in ("batch_size", "min_frames", "stride", "top_k", "backend_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.interval_frames is not None and self.interval_frames < 1:
@@ -172,6 +195,8 @@ class EngineStats:
     adapt_paused_s: float       # adaptation steps waiting for predictions in flight (max_pause_s)
     malformed: int
     resets: int
+    backend: str = "torch"      # what classified the frames
+    backend_updates: int = 0    # parameter sets handed to the int8 runtime
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -264,6 +289,14 @@ class Engine:
         self._predict_ms_total = 0.0
         self._stem_hook = _stem(model).register_forward_pre_hook(self._count_samples)
         self._first = PredictionFirst(config.max_pause_s if self.method.adapt_may_pause else 0.0)
+        choice = choose_backend(config.backend, pack, model, self.method, config.mode,
+                                config.int8_model, config.backend_threads)
+        self.backend = choice.backend
+        self.backend_name = choice.name
+        self.backend_warning = choice.warning   # why "auto" classifies with torch, if it does
+        self._per_step = self.backend is not None or config.stats_per_step
+        if self.backend is not None:
+            self._sync_backend()
 
     @classmethod
     def from_pack_file(cls, path: str | Path, **options: object) -> Engine:
@@ -340,7 +373,9 @@ class Engine:
             steps = self._counts["adapt_steps"]
             start = time.perf_counter()
             with torch.no_grad():
-                if observe and self._enabled:
+                if self.backend is not None:
+                    logits, record = self.backend.predict(x), None
+                elif observe and self._enabled and not self._per_step:
                     logits, record = self.method.predict_with_record(x)
                 else:
                     logits, record = self.method.predict(x), None
@@ -350,6 +385,8 @@ class Engine:
         with self._lock:
             self._counts["frames"] += len(x)
             self._counts["predict_calls"] += 1
+            if self.backend is not None:
+                self._counts["samples_forwarded"] += len(x)
             self._predict_ms_total += ms
         if observe:
             self.observe(x, record)
@@ -403,7 +440,12 @@ class Engine:
             before = self.domain_changes
             start = time.perf_counter()
             with self._first.adapting():
+                if self._per_step and self.method.follows_frames:
+                    with torch.no_grad():   # the frames' statistics, as predictions fold them
+                        self.method.predict_with_record(x)
                 info = self.method.adapt(x, _records(batch))
+                if self.backend is not None:
+                    self._sync_backend()
             ms = (time.perf_counter() - start) * 1e3
             return self._finish_step(len(x), ms, before, info)
         finally:
@@ -497,6 +539,7 @@ class Engine:
         """Back to the source model; drops the buffer. Counters keep running."""
         with self._adapt_lock:
             self.method.reset()
+            self._sync_backend()
             with self._lock:
                 self._buffer.clear()
                 self._since_adapt = 0
@@ -516,7 +559,25 @@ class Engine:
         or a damaged file, raises ``BankError`` and leaves the running bank untouched."""
         from zoa_ros.core.bank import file as bank_file
         with self._adapt_lock:
-            return bank_file.load(path, self.method, self.pack)
+            meta = bank_file.load(path, self.method, self.pack)
+            self._sync_backend()
+            return meta
+
+    def sync_backend(self) -> None:
+        """Hand the method's current state to the int8 runtime (after a change made to the
+        method directly, e.g. :func:`zoa_ros.core.controls.reset_to_source`)."""
+        with self._adapt_lock:
+            self._sync_backend()
+
+    def _sync_backend(self) -> None:
+        """The reference's prediction normalizations and shift to the backend (caller holds
+        the adaptation lock, or constructs the engine)."""
+        if self.backend is None:
+            return
+        self.method.settle()
+        self.backend.apply(prediction_norms(self.model), prediction_shift(self.method))
+        with self._lock:
+            self._counts["backend_updates"] += 1
 
     def stats(self) -> EngineStats:
         costs = self.method.costs
@@ -540,7 +601,8 @@ class Engine:
                 mean_step_ms=self._step_ms_total / steps if steps else 0.0,
                 mean_predict_ms=self._predict_ms_total / calls if calls else 0.0,
                 adapt_paused_s=self._first.paused_s,
-                malformed=c["malformed"], resets=c["resets"])
+                malformed=c["malformed"], resets=c["resets"], backend=self.backend_name,
+                backend_updates=c["backend_updates"])
 
     def close(self) -> None:
         """Remove the engine's hook from the model."""

@@ -78,6 +78,8 @@ class Snapshot:
     resets: int = 0
     autosave_blocked: str = ""
     model: str = ""
+    backend: str = ""                  # what classifies (torch | onnxruntime)
+    backend_warning: str = ""          # why inference.backend auto did not pick the int8 runtime
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ class DiagnosticsTracker:
                                   "adaptation step error(s)"))
         if snap.autosave_blocked:
             reasons.append((WARN, snap.autosave_blocked))
+        if snap.backend_warning:
+            reasons.append((WARN, snap.backend_warning))
         if (thresholds.max_latency_ms > 0 and snap.latency_p99_ms is not None
                 and snap.latency_p99_ms > thresholds.max_latency_ms):
             reasons.append((WARN, f"p99 inference latency {snap.latency_p99_ms:.1f} ms > "
@@ -146,6 +150,7 @@ class DiagnosticsTracker:
             "inference_latency_p50_ms": _fmt(snap.latency_p50_ms),
             "inference_latency_p99_ms": _fmt(snap.latency_p99_ms),
             "inference_errors": snap.inference_errors,
+            "inference_backend": snap.backend,
             "malformed_messages": sum(c.malformed for c in snap.cameras.values()),
             "dropped_frames": sum(c.dropped for c in snap.cameras.values()),
             "adaptation_method": snap.method,

@@ -358,6 +358,9 @@ class ZoaNode(LifecycleNode):
             min_period_s=p("adaptation.min_period_s"), stride=p("adaptation.stride"),
             top_k=top_k, device=p("device"), adapt_enabled=p("adaptation.enabled"),
             keep_freed_memory=p("inference.keep_freed_memory"),
+            backend=p("inference.backend"),
+            int8_model=os.path.expanduser(str(p("inference.int8_model")).strip()) or None,
+            backend_threads=p("inference.threads") or len(process_cpus()),
             max_pause_s=p("adaptation.max_pause_ms") / 1e3)
         return config
 
@@ -742,6 +745,8 @@ class ZoaNode(LifecycleNode):
             snap.recall_entries, snap.recalls = stats.recall_entries, stats.recalls
             snap.resets = stats.resets
             snap.model = f"{engine.pack.spec.name} {engine.pack.quant.name}"
+            snap.backend = stats.backend
+            snap.backend_warning = engine.backend_warning or ""
         return snap
 
     def _publish_diagnostics(self) -> None:

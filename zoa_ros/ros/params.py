@@ -75,6 +75,13 @@ SPECS: tuple[Spec, ...] = (
          "numbers; empty: wherever the scheduler puts it (docs/lab/node-latency.md §4.8)",
          read_only=True, check=_cpu_list_error, dynamic_typing=True,
          constraints="CPU list, a CPU number or a list of them"),
+    Spec("inference.backend", "auto", "what classifies: onnxruntime (the pack's int8 export "
+         "on ONNX Runtime, adaptation folded in after every step), torch (the fake-quantized "
+         "simulation) or auto (onnxruntime where it works, else torch with a WARN in "
+         "/diagnostics saying why)", read_only=True, choices=("auto", "torch", "onnxruntime")),
+    Spec("inference.int8_model", "", "the pack's int8 export (.onnx from 'zoa-ros export'), "
+         "refused unless made from this pack; empty: export it at configure (a few seconds)",
+         read_only=True),
     Spec("inference.keep_freed_memory", True, "keep freed memory in the process (glibc malloc "
          "settings; resident memory stays at its peak) instead of page-faulting activations in "
          "again on every forward pass; process-wide, set once", read_only=True),

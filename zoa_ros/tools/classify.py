@@ -10,6 +10,7 @@ from zoa_ros.core.engine import Engine
 from zoa_ros.core.files.images import find_images, read_rgb
 from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.prediction import as_dicts
+from zoa_ros.tools.backend_args import add_backend_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pack", required=True, help="model pack file")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--top-k", type=int, default=5)
+    add_backend_arguments(p)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(run=run)
 
@@ -24,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     pack = ModelPack.load(args.pack)
     # The engine every front end drives, with no adaptation: the numbers the node would give.
-    engine = Engine(pack, method="none", top_k=args.top_k, adapt_enabled=False)
+    engine = Engine(pack, method="none", top_k=args.top_k, adapt_enabled=False,
+                    backend=args.backend, int8_model=args.int8_model)
     paths = [p for item in args.images for p in find_images(item)]
     failures = 0
     for path in paths:

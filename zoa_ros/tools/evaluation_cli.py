@@ -15,10 +15,12 @@ from zoa_ros.core.engine import MODES
 from zoa_ros.core.eval.evaluation import evaluate
 from zoa_ros.core.files.atomic import atomic_write_bytes
 from zoa_ros.core.model.pack import ModelPack, library_versions
+from zoa_ros.tools.backend_args import add_backend_arguments
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    """--pack, --batch-size, --mode, --methods, --seed, --method-config, --device."""
+    """--pack, --batch-size, --mode, --methods, --seed, --method-config, --device, --backend,
+    --int8-model."""
     p.add_argument("--pack", required=True, help="model pack file")
     p.add_argument("--batch-size", type=int, default=64,
                    help="frames per adaptation step (batch mode: also per classified batch)")
@@ -34,6 +36,7 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
                    help="method option (VALUE parsed as JSON, else a string); "
                         "METHOD.KEY=VALUE sets it for one method only")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    add_backend_arguments(p)
 
 
 BANK_HELP = """\
@@ -99,7 +102,9 @@ def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStrea
                       progress=bar, on_segment=None if bar else SegmentLog(),
                       load_bank=args.load_bank, save_bank=args.save_bank,
                       save_bank_method=args.save_bank_method,
-                      bank_provenance={"writer": f"zoa-ros {tool}"})
+                      bank_provenance={"writer": f"zoa-ros {tool}"},
+                      backend=args.backend, int8_model=args.int8_model,
+                      stats_per_step=getattr(args, "stats_per_step", False))
     for method, path in result["bank_files"]["saved"].items():
         entries = result["methods"][method]["bank"]["entries"]
         print(f"saved {method}'s knowledge bank ({entries} entries) to {path}", file=sys.stderr)

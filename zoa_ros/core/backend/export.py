@@ -137,6 +137,18 @@ def export_pack(pack: ModelPack, model: nn.Module | None = None) -> Int8Export:
     return Int8Export(onnx_model, folds, pack.fingerprint)
 
 
+def export_float(model: nn.Module, size: tuple[int, ...]) -> bytes:
+    """A float timm model as plain ONNX (``torch.onnx.export`` as a user would run it; input
+    ``input``, output ``logits``): the float baseline of ``zoa-ros bench model``."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, *size),), buffer, opset_version=OPSET,
+                          dynamo=False, input_names=[INPUT], output_names=[LOGITS],
+                          dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}})
+    return buffer.getvalue()
+
+
 # ---- tracing with markers --------------------------------------------------------------------
 class _Mark(torch.autograd.Function):
     """Identity in eager mode (it returns ``value``); a ``zoa.Mark`` node of ``x`` in ONNX."""
@@ -529,4 +541,5 @@ def describe(model: onnx.ModelProto) -> dict:
             "folds": len(json.loads(next(p.value for p in model.metadata_props
                                          if p.key == META_FOLDS))),
             "bytes": model.ByteSize(), "int8_weights": sum(
-                1 for t in model.graph.initializer if t.data_type == TensorProto.INT8)}
+                1 for t in model.graph.initializer
+                if t.data_type == TensorProto.INT8 and t.name.endswith(".weight_q"))}

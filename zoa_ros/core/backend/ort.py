@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from zoa_ros.core.backend.base import BackendError
 from zoa_ros.core.backend.export import INPUT, LOGITS, SHIFT, ExportError, Int8Export
 from zoa_ros.core.backend.fold import BnNorm
 
@@ -32,10 +33,6 @@ PROVIDER = "CPUExecutionProvider"
 # Operators that run on integer kernels once ONNX Runtime has fused the QDQ graph.
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearAdd", "QLinearMatMul", "QGemm",
                          "QLinearGlobalAveragePool", "ConvInteger", "MatMulInteger"})
-
-
-class BackendError(ValueError):
-    """A runtime that cannot run the int8 export (missing, without QDQ support), with why."""
 
 
 def import_onnxruntime():
@@ -56,6 +53,7 @@ class _Published:
     shift: np.ndarray
     version: int
     overrides: tuple = ()   # the OrtValues the session reads its initializers from
+    values: dict = field(default_factory=dict)   # the folded initializers, by name
 
 
 class OrtBackend:
@@ -101,7 +99,8 @@ class OrtBackend:
 
     def apply(self, norms: Mapping[str, BnNorm], shift: torch.Tensor | None = None) -> None:
         """Fold ``norms`` (every folded BatchNorm's, by name) and the pre-logits ``shift`` into
-        a new session and publish it; predictions in flight finish on the old one."""
+        a new session and publish it; predictions in flight finish on the old one. Values
+        equal to the published ones keep the session."""
         missing = [f.bn for f in self.folds if f.bn not in norms]
         if missing:
             raise ValueError(f"no normalization given for BatchNorm {missing[0]!r}")
@@ -114,9 +113,13 @@ class OrtBackend:
         if shift_np.shape != (self._shift_size,):
             raise ValueError(f"activation shift of {shift_np.size} values, the model's "
                              f"pre-logits feature has {self._shift_size}")
+        current = self._published
+        if np.array_equal(shift_np, current.shift) and current.values.keys() == values.keys() \
+                and all(np.array_equal(v, current.values[k]) for k, v in values.items()):
+            return   # nothing changed (e.g. a step of 'none'): keep the session
         session, overrides = self._session(values)
         self._published = _Published(session, np.ascontiguousarray(shift_np),
-                                     self._published.version + 1, overrides)
+                                     current.version + 1, overrides, values)
 
     # ---- sessions -------------------------------------------------------------------------
     def _options(self, optimized_path: str | None = None):
@@ -177,4 +180,18 @@ def _after_input(graph, node) -> bool:
     return tensor == INPUT
 
 
-__all__ = ["BackendError", "ExportError", "OrtBackend", "import_onnxruntime"]
+__all__ = ["BackendError", "ExportError", "OrtBackend", "float_session", "import_onnxruntime"]
+
+
+def float_session(model: bytes, threads: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A float ONNX model (``export_float``) on ONNX Runtime's CPU provider, as a forward
+    function: the float baseline the int8 runtime is compared with."""
+    ort = import_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    session = ort.InferenceSession(model, so, providers=[PROVIDER])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        feed = {INPUT: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        return torch.from_numpy(session.run([LOGITS], feed)[0])
+    return forward

@@ -205,6 +205,8 @@ class _MethodRun:
                 "graph_mb": getattr(method, "peak_graph_bytes", method.graph_bytes) / MIB,
             },
             "note": method.note,
+            "backend": stats.backend,
+            "backend_warning": self.engine.backend_warning,
             "streaming": {"supported": method.supports_streaming,
                           "reason": method.streaming_reason},
             "bank": {"entries": stats.bank_entries, "bytes": stats.bank_bytes,
@@ -225,13 +227,17 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
              on_segment: Callable[[Segment, dict[str, float | None]], None] | None = None,
              load_bank: str | Path | None = None, save_bank: str | Path | None = None,
              save_bank_method: str | None = None,
-             bank_provenance: Mapping[str, str] | None = None) -> dict:
+             bank_provenance: Mapping[str, str] | None = None,
+             backend: str = "torch", int8_model: str | None = None,
+             stats_per_step: bool = False) -> dict:
     """Run ``methods`` side by side over ``stream``; see the module docstring for the numbers.
 
     ``load_bank``: a knowledge bank file loaded into every method that has a bank before the
     first frame. ``save_bank``/``save_bank_method``: where the banks go after the last frame
     (:func:`bank_save_paths`; ``bank_provenance`` labels the entries stored during the run).
-    Both are checked before the first frame (``ValueError``, ``BankError``).
+    Both are checked before the first frame (``ValueError``, ``BankError``). ``backend``,
+    ``int8_model``, ``stats_per_step``: what classifies and when statistics that follow the
+    frames take them in (``EngineConfig``); each method's result names the backend it got.
 
     Returns ``{"methods": {name: {...}}, "stream": [...], "run": {...}, "bank_files": {...}}``.
     """
@@ -244,7 +250,9 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
     for name in methods:
         config = EngineConfig(method=name, method_config=dict(method_configs.get(name, {})),
                               seed=seed, mode=mode, batch_size=batch_size,
-                              min_frames=min(16, batch_size), top_k=1, device=device)
+                              min_frames=min(16, batch_size), top_k=1, device=device,
+                              backend=backend, int8_model=int8_model,
+                              stats_per_step=stats_per_step)
         runs.append(_MethodRun(name, Engine(pack, config, method_factory=method_factory)))
     try:
         bank_files = _prepare_banks(runs, load_bank, save_bank, save_bank_method)

@@ -1,0 +1,20 @@
+"""``--backend`` / ``--int8-model``: what classifies, for the subcommands that run an engine."""
+
+from __future__ import annotations
+
+import argparse
+
+from zoa_ros.core.backend.choose import BACKENDS
+
+BACKEND_HELP = ("what classifies: torch (the fake-quantized simulation, the accuracy "
+                "reference), onnxruntime (the pack's int8 export on ONNX Runtime; streaming "
+                "mode, methods none/norm/zoa) or auto (onnxruntime where it works, else torch "
+                "with a warning saying why)")
+
+
+def add_backend_arguments(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--backend", choices=BACKENDS, default=default,
+                   help=f"{BACKEND_HELP} (default: {default})")
+    p.add_argument("--int8-model", metavar="FILE",
+                   help="the pack's int8 export (zoa-ros export); refused unless made from "
+                        "this pack; default: export it at start (a few seconds)")
