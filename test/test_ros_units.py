@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -186,6 +187,19 @@ def test_health_levels_and_reasons() -> None:
     assert level == ERROR and reasons[0] == "configure failed: x"
 
 
+def test_a_backend_fallback_is_a_warning_with_its_reason() -> None:
+    tracker = DiagnosticsTracker("/zoa_node")
+    reason = "inference backend auto: the int8 runtime is not used (no onnxruntime)"
+    msg = tracker.message(_snap(1.0, backend="torch", backend_warning=reason),
+                          Thresholds(), None)
+    main = msg.status[0]
+    assert main.level == bytes([WARN]) and reason in main.message
+    assert values_of(main)["inference_backend"] == "torch"
+    msg = tracker.message(_snap(2.0, backend="onnxruntime"), Thresholds(), None)
+    assert msg.status[0].level == bytes([OK])
+    assert values_of(msg.status[0])["inference_backend"] == "onnxruntime"
+
+
 def test_latency_window() -> None:
     w = LatencyWindow(10)
     assert w.percentiles(50) == [None]
@@ -248,6 +262,20 @@ def test_engine_config_carries_the_statistics_settings() -> None:
     values["adaptation.stats_reset_on_change"] = True
     assert ZoaNode.engine_config(values.__getitem__, 1000).method_config[
         "stats_reset_on_change"] is True
+
+
+def test_engine_config_carries_the_inference_backend() -> None:
+    from zoa_ros.ros.node import ZoaNode
+
+    values = {s.name: s.default for s in P.SPECS}
+    config = ZoaNode.engine_config(values.__getitem__, 1000)
+    assert (config.backend, config.int8_model, config.backend_threads) == ("auto", None, 1)
+    values.update({"inference.backend": "torch", "inference.int8_model": "~/lite0.onnx",
+                   "inference.threads": 2})
+    config = ZoaNode.engine_config(values.__getitem__, 1000)
+    assert config.backend == "torch" and config.backend_threads == 2
+    assert config.int8_model == os.path.expanduser("~/lite0.onnx")
+    assert "one of" in P.validate("inference.backend", "tensorrt")
 
 
 def test_help_lists_every_parameter() -> None:

@@ -183,12 +183,12 @@ class _Head(nn.Module):
 def _trace(model: nn.Module, size: tuple[int, ...]) -> onnx.ModelProto:
     x = torch.zeros(1, *size)
     shift = torch.zeros(model.num_features)
-    with _markers(model, x):
+    with _markers(model, x), torch.no_grad():
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Head(model), (x, shift), buffer, opset_version=OPSET, dynamo=False,
+            torch.onnx.export(   # eval: the exporter puts the wrapper's mode back after
+                _Head(model).eval(), (x, shift), buffer, opset_version=OPSET, dynamo=False,
                 input_names=[INPUT, SHIFT], output_names=[LOGITS],
                 dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}},
                 custom_opsets={"zoa": 1}, do_constant_folding=True)
