@@ -88,4 +88,5 @@ def reset_to_source(engine: Engine, keep_bank: bool = True) -> int:
             similarity=before.similarity.clone(), domain_changes=before.domain_changes,
             domain_id=before.domain_id, origins=before.origins)
     method.import_bank(state)
+    engine.sync_backend()   # the int8 runtime, if any, classifies with the restored state
     return kept

@@ -47,6 +47,18 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def peak_rss_mb(self) -> float | None:
+        """The process's peak resident memory so far (Linux ``VmHWM``), MiB; ``None`` if it
+        cannot be read (another system, the process gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            return None
+        return None
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGINT (the node autosaves and exits cleanly); SIGKILL if it hangs."""
         if self.alive():

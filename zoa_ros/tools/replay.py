@@ -64,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_output_arguments(p)
     add_bank_arguments(p)
     live = p.add_argument_group(
-        "live replay", "--live: into a zoa_node; --methods (one method) and --seed, --device "
+        "live replay", "--live: into a zoa_node; --methods (one method), --seed, --device, "
+        "--backend and --int8-model "
         "set the started node's; --batch-size is the curve's step; --mode, "
         "--method-config and the knowledge bank options do not apply (use --node-param, "
         "e.g. knowledge.bank_path)")
@@ -151,7 +152,10 @@ def _run_live(args: argparse.Namespace) -> int:
     if not args.node_running:
         overrides: dict[str, object] = {
             "pack": Path(args.pack).resolve(), "use_sim_time": True, "seed": args.seed,
-            "device": args.device, "knowledge.autoload": False, "knowledge.autosave": False}
+            "device": args.device, "knowledge.autoload": False, "knowledge.autosave": False,
+            "inference.backend": args.backend}
+        if args.int8_model:
+            overrides["inference.int8_model"] = Path(args.int8_model).resolve()
         if method is not None:
             overrides["adaptation.method"] = method
         if stream.kind == "compressed":

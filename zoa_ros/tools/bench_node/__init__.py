@@ -89,6 +89,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                    help="with adaptation off, also run the model after the node's answers "
                         "while it waits for its next frame: the target's reference where it "
                         "ran after at least a quarter of them (default: on)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
+                   help="the node's inference.backend (and the model measured beside it); "
+                        "default: config/zoa.yaml's")
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra zoa_node parameter (repeatable; default: the shipped config)")
     p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
@@ -101,6 +104,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     extra = parse_params(args.param)
+    if args.backend is not None:
+        extra.setdefault("inference.backend", args.backend)
     if (args.seconds <= 0 or args.rate <= 0 or args.warmup < 0 or args.blocks < 1
             or args.model_runs < args.blocks + 1):
         raise ValueError("--seconds and --rate must be > 0, --warmup >= 0, --blocks >= 1, "

@@ -144,7 +144,12 @@ def format_report(report: dict) -> str:
                  f"{m['platform']}, torch {m['torch']} ({m['torch_threads']} threads); load "
                  f"average {_load(m['load_average'])} at start, "
                  f"{_load(report['load_average_end'])} at end (other processes share the CPU)")
-    lines.append(f"pack {s['pack']}; {s['rate_hz']:g} Hz, {s['seconds']:g} s per condition "
+    rss = report.get("node_peak_rss_mb") or {}
+    if rss:
+        lines.append("node peak RSS (VmHWM): " + ", ".join(
+            f"adaptation {k} {_num(v, 0, 0)} MiB" for k, v in rss.items()))
+    lines.append(f"pack {s['pack']} on {s.get('inference_backend', 'torch')}; "
+                 f"{s['rate_hz']:g} Hz, {s['seconds']:g} s per condition "
                  f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}; malloc "
                  f"thresholds (node and model): "
                  f"{'raised' if s['keep_freed_memory'] else 'glibc defaults'}; node "

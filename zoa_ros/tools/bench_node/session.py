@@ -157,6 +157,7 @@ class Bench:
         self.spinner.start()
         conditions = []
         logs = []
+        peak_rss: dict[str, float | None] = {}
         try:
             for adapt in (False, True):
                 label = "on" if adapt else "off"
@@ -175,6 +176,7 @@ class Bench:
                         conditions.append(self._condition(size, label, frames, engine))
                         if not node.alive():
                             raise RuntimeError(f"zoa_node exited; see {log}")
+                    peak_rss[label] = node.peak_rss_mb()
                 finally:
                     node.stop()
             relay = self._relay(values, logs)
@@ -187,6 +189,7 @@ class Bench:
         return {
             "machine": self.machine,
             "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "node_peak_rss_mb": peak_rss,
             "settings": {"pack": str(self.pack_path), "rate_hz": a.rate, "seconds": a.seconds,
                          "warmup_s": a.warmup, "sizes": a.sizes,
                          "frames_source": a.frames_source, "model_runs": a.model_runs,
@@ -198,6 +201,7 @@ class Bench:
                          "adaptation_interval_frames": values["adaptation.interval_frames"],
                          "adaptation_batch_size": values["adaptation.batch_size"],
                          "adaptation_min_period_s": values["adaptation.min_period_s"],
+                         "inference_backend": engine.backend_name,
                          "keep_freed_memory": bool(values["inference.keep_freed_memory"]),
                          "fastdds_profile": self.env.get("FASTDDS_DEFAULT_PROFILES_FILE"),
                          "ros_domain_id": a.domain_id, "node_logs": ", ".join(logs)},
