@@ -275,3 +275,25 @@ def test_export_and_classify_commands(tiny, photo_dir, tmp_path, capsys):
     assert main(["classify", "--pack", str(pack_path), "--backend", "onnxruntime",
                  "--int8-model", str(out), "--json", str(image)]) == 0
     assert '"top5"' in capsys.readouterr().out
+
+
+def test_replayed_statistics_are_the_frames_rule_a_few_frames_later(tiny, photos):
+    """Statistics folded by replaying the observed frames (what the int8 runtime needs) give
+    the frames rule's estimate exactly when replayed after every frame; in groups they take
+    the frames in later, with one replay per group."""
+    pack = tiny[0]
+    config = EngineConfig(method="norm", batch_size=8, min_frames=8, warmup=False)
+    every_frame = Engine(pack, config)
+    replayed = Engine(pack, config, stats_every=1)
+    grouped = Engine(pack, config, stats_every=4)
+    for i in range(12):
+        for engine in (every_frame, replayed, grouped):
+            engine.predict(photos[i:i + 1], observe=True)
+            engine.maybe_adapt()
+    a, b = every_frame.method.stats.estimate, replayed.method.stats.estimate
+    assert all(torch.equal(m1, m2) and torch.equal(v1, v2) for (m1, v1), (m2, v2) in zip(a, b))
+    stats = grouped.stats()
+    assert stats.stats_frames_replayed == 12 and stats.stats_frames_dropped == 0
+    source = Engine(pack, config).method.stats.estimate
+    g, f, s0 = (e[5][0] for e in (grouped.method.stats.estimate, a, source))
+    assert (g - f).abs().sum() < (s0 - f).abs().sum()   # it followed the frames

@@ -21,11 +21,12 @@ method is responsible for publishing its new parameters with one atomic swap.
 Backends (``EngineConfig.backend``, :mod:`zoa_ros.core.backend`): frames are classified by the
 method on the torch reference (``torch``, the simulation) or by the int8 export on ONNX
 Runtime (``onnxruntime``; ``auto`` picks it where it works). With the int8 runtime the torch
-reference still adapts: at each step the engine first replays the step's frames through the
-method's observed prediction (so statistics that follow the frames move as they would have,
-once per step instead of once per frame), takes the step, then hands the reference's
-normalizations and activation shift to the backend, which swaps them in with one assignment;
-resets and bank loads do the same.
+reference still adapts, in :meth:`Engine.maybe_adapt` (the adaptation thread): every
+``stats_every`` observed frames it replays them through the method's observed prediction, so
+statistics that follow the frames take them in as they would have at each prediction (a few
+frames later), and at each step it adapts; after either it hands the reference's
+normalizations and activation shift to the backend, which swaps them in with one assignment.
+Resets and bank loads do the same.
 
 Randomness comes from one CPU ``torch.Generator`` seeded from the config (handed to the method
 and used for buffer sampling), so a seed draws the same numbers on any device; the device comes
@@ -59,6 +60,7 @@ from zoa_ros.core.runtime.prediction_first import PredictionFirst
 log = logging.getLogger(__name__)
 
 MODES = ("batch", "streaming")
+STATS_EVERY = 8   # observed frames per statistics update with the int8 runtime
 
 Frames = torch.Tensor | np.ndarray | Sequence[np.ndarray]
 MethodFactory = Callable[[str, nn.Module, ModelPack, dict, torch.Generator], AdaptMethod]
@@ -96,14 +98,18 @@ class EngineConfig:
     backend: str = "torch"
     int8_model: str | None = None     # an export file (zoa-ros export); None: export at start
     backend_threads: int = 1          # threads of the int8 runtime's session
-    # Fold observed frames into statistics that follow them at each adaptation step instead of
-    # at each prediction: what the int8 runtime does; set with torch to measure what it costs.
-    stats_per_step: bool = False
+    # Statistics that follow the frames (norm, zoa): fold the observed frames in groups of this
+    # many, replayed through the torch reference by maybe_adapt (the int8 runtime always does:
+    # it classifies elsewhere; default STATS_EVERY there). None: at each prediction (torch).
+    # Set it with torch to measure what the grouping costs.
+    stats_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_backend_name(self.backend)
+        if self.stats_every is not None and self.stats_every < 1:
+            raise ValueError(f"stats_every must be >= 1, got {self.stats_every}")
         for name in ("batch_size", "min_frames", "stride", "top_k", "backend_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -197,6 +203,9 @@ class EngineStats:
     resets: int
     backend: str = "torch"      # what classified the frames
     backend_updates: int = 0    # parameter sets handed to the int8 runtime
+    stats_frames_dropped: int = 0   # observed frames never folded (replays fell behind)
+    stats_frames_replayed: int = 0  # observed frames replayed on the torch reference
+    replay_ms_per_frame: float = 0.0    # that replay + handing the result to the backend
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -287,6 +296,7 @@ class Engine:
         self._last_step_ms = 0.0
         self._step_ms_total = 0.0
         self._predict_ms_total = 0.0
+        self._replay_ms_total = 0.0
         self._stem_hook = _stem(model).register_forward_pre_hook(self._count_samples)
         self._first = PredictionFirst(config.max_pause_s if self.method.adapt_may_pause else 0.0)
         choice = choose_backend(config.backend, pack, model, self.method, config.mode,
@@ -294,7 +304,11 @@ class Engine:
         self.backend = choice.backend
         self.backend_name = choice.name
         self.backend_warning = choice.warning   # why "auto" classifies with torch, if it does
-        self._per_step = self.backend is not None or config.stats_per_step
+        every = config.stats_every or (STATS_EVERY if self.backend is not None else None)
+        # Observed frames not yet folded into statistics that follow the frames (replayed).
+        self._stats_every = every if every and self.method.follows_frames else None
+        self._unfolded: collections.deque[torch.Tensor] = collections.deque(
+            maxlen=max(every or 1, config.capacity))
         if self.backend is not None:
             self._sync_backend()
 
@@ -330,6 +344,7 @@ class Engine:
             self._enabled = bool(enabled)
             if not enabled:
                 self._buffer.clear()
+                self._unfolded.clear()
                 self._since_adapt = 0
 
     # ---- input --------------------------------------------------------------------------------
@@ -375,7 +390,7 @@ class Engine:
             with torch.no_grad():
                 if self.backend is not None:
                     logits, record = self.backend.predict(x), None
-                elif observe and self._enabled and not self._per_step:
+                elif observe and self._enabled and self._stats_every is None:
                     logits, record = self.method.predict_with_record(x)
                 else:
                     logits, record = self.method.predict(x), None
@@ -411,6 +426,11 @@ class Engine:
             self._counts["observe_calls"] += 1
             group = self._counts["observe_calls"]
             for i, frame in enumerate(x):
+                if self._stats_every is not None:
+                    if len(self._unfolded) == self._unfolded.maxlen:
+                        self._counts["stats_frames_dropped"] += 1
+                    self._unfolded.append(frame.detach().clone() if len(x) > 1 else
+                                          frame.detach())
                 seen = self._counts["frames_observed"]
                 self._counts["frames_observed"] += 1
                 self._since_adapt += 1
@@ -433,6 +453,8 @@ class Engine:
         if not self._adapt_lock.acquire(blocking=False):
             return None
         try:
+            with self._first.adapting():
+                self._fold_observed()
             batch = self._take_batch(force)
             if batch is None:
                 return None
@@ -440,9 +462,7 @@ class Engine:
             before = self.domain_changes
             start = time.perf_counter()
             with self._first.adapting():
-                if self._per_step and self.method.follows_frames:
-                    with torch.no_grad():   # the frames' statistics, as predictions fold them
-                        self.method.predict_with_record(x)
+                self._fold_observed(force=True)
                 info = self.method.adapt(x, _records(batch))
                 if self.backend is not None:
                     self._sync_backend()
@@ -450,6 +470,26 @@ class Engine:
             return self._finish_step(len(x), ms, before, info)
         finally:
             self._adapt_lock.release()
+
+    def _fold_observed(self, force: bool = False) -> None:
+        """Replay the observed frames not yet folded (``stats_every`` of them, or any with
+        ``force``) through the method's observed prediction on the torch reference, so that
+        statistics that follow the frames take them in, in order; then hand the result to the
+        backend. Caller holds the adaptation lock."""
+        with self._lock:
+            if self._stats_every is None or not self._unfolded or (
+                    len(self._unfolded) < self._stats_every and not force):
+                return
+            frames = list(self._unfolded)
+            self._unfolded.clear()
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.method.predict_with_record(torch.stack(frames))
+        self._sync_backend()
+        with self._lock:
+            self._counts["stats_replays"] += 1
+            self._counts["stats_frames_replayed"] += len(frames)
+            self._replay_ms_total += (time.perf_counter() - start) * 1e3
 
     def _take_batch(self, force: bool) -> list[_Buffered] | None:
         with self._lock:
@@ -542,6 +582,7 @@ class Engine:
             self._sync_backend()
             with self._lock:
                 self._buffer.clear()
+                self._unfolded.clear()
                 self._since_adapt = 0
                 self._last_adapt_at = None
                 self._deferred_pending = False
@@ -602,7 +643,11 @@ class Engine:
                 mean_predict_ms=self._predict_ms_total / calls if calls else 0.0,
                 adapt_paused_s=self._first.paused_s,
                 malformed=c["malformed"], resets=c["resets"], backend=self.backend_name,
-                backend_updates=c["backend_updates"])
+                backend_updates=c["backend_updates"],
+                stats_frames_dropped=c["stats_frames_dropped"],
+                stats_frames_replayed=c["stats_frames_replayed"],
+                replay_ms_per_frame=self._replay_ms_total / c["stats_frames_replayed"]
+                if c["stats_frames_replayed"] else 0.0)
 
     def close(self) -> None:
         """Remove the engine's hook from the model."""

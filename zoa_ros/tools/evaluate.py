@@ -60,10 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="processes computing corruptions ahead of the model (default: half the "
                         "CPUs, at most 8; 0: in this process)")
     add_method_arguments(p)
-    p.add_argument("--stats-per-step", action="store_true",
-                   help="streaming: statistics that follow the frames (norm, zoa) take them in "
-                        "at each adaptation step instead of at each prediction, as they do with "
-                        "the int8 runtime; with --backend torch this measures what that costs")
+    p.add_argument("--stats-every", type=int, metavar="N",
+                   help="streaming: statistics that follow the frames (norm, zoa) take the "
+                        "observed frames in groups of N, replayed before each step, as with "
+                        "the int8 runtime (default there: 8); with --backend torch this "
+                        "measures what the grouping costs (default: at each prediction)")
     add_output_arguments(p)
     add_bank_arguments(p)
     p.set_defaults(run=run)

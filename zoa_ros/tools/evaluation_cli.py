@@ -104,7 +104,7 @@ def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStrea
                       save_bank_method=args.save_bank_method,
                       bank_provenance={"writer": f"zoa-ros {tool}"},
                       backend=args.backend, int8_model=args.int8_model,
-                      stats_per_step=getattr(args, "stats_per_step", False))
+                      stats_every=getattr(args, "stats_every", None))
     for method, path in result["bank_files"]["saved"].items():
         entries = result["methods"][method]["bank"]["entries"]
         print(f"saved {method}'s knowledge bank ({entries} entries) to {path}", file=sys.stderr)

@@ -229,15 +229,15 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
              save_bank_method: str | None = None,
              bank_provenance: Mapping[str, str] | None = None,
              backend: str = "torch", int8_model: str | None = None,
-             stats_per_step: bool = False) -> dict:
+             stats_every: int | None = None) -> dict:
     """Run ``methods`` side by side over ``stream``; see the module docstring for the numbers.
 
     ``load_bank``: a knowledge bank file loaded into every method that has a bank before the
     first frame. ``save_bank``/``save_bank_method``: where the banks go after the last frame
     (:func:`bank_save_paths`; ``bank_provenance`` labels the entries stored during the run).
     Both are checked before the first frame (``ValueError``, ``BankError``). ``backend``,
-    ``int8_model``, ``stats_per_step``: what classifies and when statistics that follow the
-    frames take them in (``EngineConfig``); each method's result names the backend it got.
+    ``int8_model``, ``stats_every``: what classifies and when statistics that follow the frames
+    take them in (``EngineConfig``); each method's result names the backend it got.
 
     Returns ``{"methods": {name: {...}}, "stream": [...], "run": {...}, "bank_files": {...}}``.
     """
@@ -252,7 +252,7 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
                               seed=seed, mode=mode, batch_size=batch_size,
                               min_frames=min(16, batch_size), top_k=1, device=device,
                               backend=backend, int8_model=int8_model,
-                              stats_per_step=stats_per_step)
+                              stats_every=stats_every)
         runs.append(_MethodRun(name, Engine(pack, config, method_factory=method_factory)))
     try:
         bank_files = _prepare_banks(runs, load_bank, save_bank, save_bank_method)
