@@ -152,8 +152,9 @@ def _run_live(args: argparse.Namespace) -> int:
     if not args.node_running:
         overrides: dict[str, object] = {
             "pack": Path(args.pack).resolve(), "use_sim_time": True, "seed": args.seed,
-            "device": args.device, "knowledge.autoload": False, "knowledge.autosave": False,
-            "inference.backend": args.backend}
+            "device": args.device, "knowledge.autoload": False, "knowledge.autosave": False}
+        if args.backend is not None:
+            overrides["inference.backend"] = args.backend
         if args.int8_model:
             overrides["inference.int8_model"] = Path(args.int8_model).resolve()
         if method is not None:
