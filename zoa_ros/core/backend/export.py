@@ -12,12 +12,12 @@ How the simulation maps onto integer kernels (docs/QUANTIZATION.md, "The int8 ex
   grid reaches past 6 (or is narrower than 8 bits) the clamp moves into the integer domain, a
   ``Clip`` on the quantized tensor, exactly the simulation's numbers;
 * tensors the simulation keeps in float but an integer convolution must end in a quantizer:
-  the convolution of a residual branch takes the quantizer of the sum (the next layer's input
-  quantizer) while the add and the shortcut stay float as in the simulation, except for a
-  shortcut that is itself a convolution's output (the first residual block of a stage), which
-  reads that convolution's quantized output; a convolution feeding global pooling through a
-  ReLU6 takes the grid ``[0, 6]`` in 255 steps; pooling, the activation shift and the
-  classifier's float output stay as in the simulation;
+  the convolution of a residual branch takes the range of the sum's quantizer (the next layer's
+  input quantizer) on the 8-bit grid, while the add and the shortcut stay float as in the
+  simulation, except for a shortcut that is itself a convolution's output (the first residual
+  block of a stage), which reads that convolution's quantized output; a convolution feeding
+  global pooling through a ReLU6 takes the grid ``[0, 6]`` in 255 steps; pooling, the
+  activation shift and the classifier's float output stay as in the simulation;
 * the stem convolution (weight-only in the pack) runs in float on the float image.
 
 The torch model is traced once with marker ops (``zoa.Mark``) where the simulation quantizes a
@@ -429,6 +429,7 @@ def _quantize_activation(graph: Graph, node: onnx.NodeProto, quant: ActQuantizer
     s = graph.set_array(graph.name(f"{name}.scale"), np.array(scale, np.float32))
     z = graph.set_array(graph.name(f"{name}.zero"), np.array(zero, np.uint8))
     q = graph.add("QuantizeLinear", [source, s, z], hint=f"{name}.q")
+    graph.fine_scale[q.name] = scale * 2.0 ** (quant.bits - 8)
     out = q.output[0]
     if qmin > 0 or qmax < 255:
         cmin = graph.set_array(graph.name(f"{name}.qmin"), np.array(qmin, np.uint8))
@@ -501,13 +502,14 @@ def _reuse(graph: Graph, tensor: str, q: onnx.NodeProto) -> None:
 
 
 def _quantize_add(graph: Graph, add: onnx.NodeProto, what: str) -> None:
-    """A residual add: the quantizer of its sum (the next layer's input quantizer) quantizes
-    the convolution branch too; the add and a shortcut from the previous add stay float."""
+    """A residual add: the convolution branch takes the range of its sum's quantizer (the next
+    layer's input quantizer) on the 8-bit grid (the same grid at W8A8, a finer one for narrower
+    quantizers); the add and a shortcut from the previous add stay float."""
     quantizers = [u for u in graph.consumers(add.output[0]) if u.op_type == "QuantizeLinear"]
     if len(quantizers) != 1:
         raise ExportError(f"residual add after {what!r} is not followed by one quantizer")
     q = quantizers[0]
-    scale, zero = graph.array(q.input[1]), graph.array(q.input[2])
+    scale, zero = graph.fine_scale[q.name], graph.array(q.input[2])   # its range, 8 bits
     for tensor in list(add.input):
         producer = graph.producer(tensor)
         if producer is not None and producer.op_type in ("DequantizeLinear", "Add"):

@@ -23,6 +23,9 @@ class Graph:
         self.graph = model.graph
         self.nodes: list[onnx.NodeProto] = list(self.graph.node)
         self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
+        # Per QuantizeLinear node of a simulation quantizer: the scale of an 8-bit grid over its
+        # range (its own scale at 8 bits, finer for narrower quantizers).
+        self.fine_scale: dict[str, float] = {}
         self._ids = itertools.count()
 
     # ---- lookups --------------------------------------------------------------------------
