@@ -21,10 +21,10 @@ method is responsible for publishing its new parameters with one atomic swap.
 Backends (``EngineConfig.backend``, :mod:`zoa_ros.core.backend`): frames are classified by the
 method on the torch reference (``torch``, the simulation) or by the int8 export on ONNX
 Runtime (``onnxruntime``; ``auto`` picks it where it works). With the int8 runtime the torch
-reference still adapts, in :meth:`Engine.maybe_adapt` (the adaptation thread): every
-``stats_every`` observed frames it replays them through the method's observed prediction, so
-statistics that follow the frames take them in as they would have at each prediction (a few
-frames later), and at each step it adapts; after either it hands the reference's
+reference still adapts, in :meth:`Engine.maybe_adapt` (the adaptation thread): it replays the
+observed frames (``stats_every`` at a time, by default each as soon as it can) through the
+method's observed prediction, so statistics that follow the frames take them in as they would
+have at each prediction, and at each step it adapts; after either it hands the reference's
 normalizations and activation shift to the backend, which swaps them in with one assignment.
 Resets and bank loads do the same.
 
@@ -60,7 +60,10 @@ from zoa_ros.core.runtime.prediction_first import PredictionFirst
 log = logging.getLogger(__name__)
 
 MODES = ("batch", "streaming")
-STATS_EVERY = 8   # observed frames per statistics update with the int8 runtime
+# Observed frames per statistics replay with the int8 runtime: 1 = as soon as the adaptation
+# thread is free (the frames rule exactly when it keeps up; otherwise the frames that piled up
+# go in one batch). Every 8 cost norm 1.3 points on 100-frame domains (docs/lab/int8.md §8.3).
+STATS_EVERY = 1
 
 Frames = torch.Tensor | np.ndarray | Sequence[np.ndarray]
 MethodFactory = Callable[[str, nn.Module, ModelPack, dict, torch.Generator], AdaptMethod]

@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats-every", type=int, metavar="N",
                    help="streaming: statistics that follow the frames (norm, zoa) take the "
                         "observed frames in groups of N, replayed before each step, as with "
-                        "the int8 runtime (default there: 8); with --backend torch this "
+                        "the int8 runtime (default there: 1, i.e. as soon as possible); with --backend torch this "
                         "measures what the grouping costs (default: at each prediction)")
     add_output_arguments(p)
     add_bank_arguments(p)
