@@ -297,3 +297,19 @@ def test_replayed_statistics_are_the_frames_rule_a_few_frames_later(tiny, photos
     source = Engine(pack, config).method.stats.estimate
     g, f, s0 = (e[5][0] for e in (grouped.method.stats.estimate, a, source))
     assert (g - f).abs().sum() < (s0 - f).abs().sum()   # it followed the frames
+
+
+def test_auto_without_onnxruntime_classifies_with_torch_and_says_why(tiny, tiny_export,
+                                                                    tmp_path, monkeypatch):
+    import zoa_ros.core.backend.ort as ort_module
+
+    def missing():
+        raise BackendError("backend 'onnxruntime' needs the onnxruntime package")
+
+    monkeypatch.setattr(ort_module, "import_onnxruntime", missing)
+    path = tmp_path / "tiny.onnx"
+    tiny_export.save(str(path))
+    engine = Engine(tiny[0], backend="auto", int8_model=str(path), warmup=False)
+    assert engine.backend is None and "needs the onnxruntime package" in engine.backend_warning
+    with pytest.raises(BackendError, match="onnxruntime package"):
+        Engine(tiny[0], backend="onnxruntime", int8_model=str(path), warmup=False)

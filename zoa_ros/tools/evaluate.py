@@ -62,9 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_method_arguments(p)
     p.add_argument("--stats-every", type=int, metavar="N",
                    help="streaming: statistics that follow the frames (norm, zoa) take the "
-                        "observed frames in groups of N, replayed before each step, as with "
-                        "the int8 runtime (default there: 1, i.e. as soon as possible); with --backend torch this "
-                        "measures what the grouping costs (default: at each prediction)")
+                        "observed frames in groups of N, replayed on the torch reference "
+                        "before the next step, as with the int8 runtime (default there: 1); "
+                        "with --backend torch this measures what the grouping costs (default: "
+                        "at each prediction)")
     add_output_arguments(p)
     add_bank_arguments(p)
     p.set_defaults(run=run)

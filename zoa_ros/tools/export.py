@@ -13,7 +13,6 @@ import argparse
 import json
 import time
 
-from zoa_ros.core.backend.export import describe, export_pack
 from zoa_ros.core.model.pack import ModelPack
 
 
@@ -29,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoa_ros.core.backend.export import describe, export_pack  # needs onnx
+
     pack = ModelPack.load(args.pack)
     start = time.perf_counter()
     export = export_pack(pack)
