@@ -64,6 +64,7 @@ MODES = ("batch", "streaming")
 # thread is free (the frames rule exactly when it keeps up; otherwise the frames that piled up
 # go in one batch). Every 8 cost norm 1.3 points on 100-frame domains (docs/lab/int8.md §8.3).
 STATS_EVERY = 1
+REPLAY_CHUNK = 16   # frames per replay forward (memory: all BatchNorm inputs of a chunk)
 
 Frames = torch.Tensor | np.ndarray | Sequence[np.ndarray]
 MethodFactory = Callable[[str, nn.Module, ModelPack, dict, torch.Generator], AdaptMethod]
@@ -486,8 +487,10 @@ class Engine:
             frames = list(self._unfolded)
             self._unfolded.clear()
         start = time.perf_counter()
-        with torch.no_grad():
-            self.method.predict_with_record(torch.stack(frames))
+        with torch.no_grad():   # in chunks: a replay keeps every BatchNorm input of its frames
+            for i in range(0, len(frames), REPLAY_CHUNK):
+                self.method.predict_with_record(torch.stack(frames[i:i + REPLAY_CHUNK]))
+                self.method.settle()
         self._sync_backend()
         with self._lock:
             self._counts["stats_replays"] += 1
