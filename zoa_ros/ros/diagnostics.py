@@ -79,6 +79,8 @@ class Snapshot:
     autosave_blocked: str = ""
     model: str = ""
     backend: str = ""                  # what classifies (torch | onnxruntime)
+    stats_frames_replayed: int = 0     # int8 runtime: observed frames replayed for statistics
+    stats_frames_dropped: int = 0      # ... and those the adaptation thread never got to
     backend_warning: str = ""          # why inference.backend auto did not pick the int8 runtime
 
 
@@ -151,6 +153,8 @@ class DiagnosticsTracker:
             "inference_latency_p99_ms": _fmt(snap.latency_p99_ms),
             "inference_errors": snap.inference_errors,
             "inference_backend": snap.backend,
+            "statistics_frames_replayed": snap.stats_frames_replayed,
+            "statistics_frames_dropped": snap.stats_frames_dropped,
             "malformed_messages": sum(c.malformed for c in snap.cameras.values()),
             "dropped_frames": sum(c.dropped for c in snap.cameras.values()),
             "adaptation_method": snap.method,

@@ -746,6 +746,8 @@ class ZoaNode(LifecycleNode):
             snap.resets = stats.resets
             snap.model = f"{engine.pack.spec.name} {engine.pack.quant.name}"
             snap.backend = stats.backend
+            snap.stats_frames_replayed = stats.stats_frames_replayed
+            snap.stats_frames_dropped = stats.stats_frames_dropped
             snap.backend_warning = engine.backend_warning or ""
         return snap
 
