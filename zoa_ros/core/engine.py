@@ -404,8 +404,9 @@ class Engine:
         with self._lock:
             self._counts["frames"] += len(x)
             self._counts["predict_calls"] += 1
-            if self.backend is not None:
+            if self.backend is not None:   # a forward pass the stem hook does not see
                 self._counts["samples_forwarded"] += len(x)
+                self._counts["backend_forwards"] += 1
             self._predict_ms_total += ms
         if observe:
             self.observe(x, record)
@@ -637,7 +638,8 @@ class Engine:
                 frames_adapted=c["frames_adapted"], buffered=len(self._buffer),
                 buffer_dropped=c["buffer_dropped"], adapt_steps=steps,
                 adapt_skipped=c["adapt_skipped"], adapt_deferred=c["adapt_deferred"],
-                forward_passes=costs.forward_passes, backward_passes=costs.backward_passes,
+                forward_passes=costs.forward_passes + c["backend_forwards"],
+                backward_passes=costs.backward_passes,
                 samples_forwarded=c["samples_forwarded"],
                 forward_per_frame=c["samples_forwarded"] / frames if frames else 0.0,
                 domain_changes=self.domain_changes, domain_id=self.domain_id,
