@@ -670,10 +670,10 @@ def test_sigint_exits_cleanly_and_autosaves(setup) -> None:
 def test_start_up_errors_are_clear(tmp_path: Path) -> None:
     env = {**os.environ, "ROS_HOME": str(tmp_path)}
     run = [sys.executable, "-m", "zoa_ros.ros.node", "--ros-args"]
-    no_pack = subprocess.run([*run, "-p", "knowledge.autoload:=false"], capture_output=True,
-                             text=True, timeout=60, env=env)
-    assert no_pack.returncode == 1
-    assert "parameter 'pack' is empty" in no_pack.stderr + no_pack.stdout
+    missing = subprocess.run([*run, "-p", f"pack:={tmp_path / 'missing.zoapack'}"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode == 1
+    assert "no such pack file" in missing.stderr + missing.stdout
     bad = subprocess.run([*run, "-p", "adaptation.interval_frames:=0", "-p", "transport:=h264",
                           "-p", "inference.cpus:=fast"],
                          capture_output=True, text=True, timeout=60, env=env)

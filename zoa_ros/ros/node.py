@@ -1,9 +1,10 @@
 """``zoa_node``: a lifecycle node that classifies camera frames with a quantized model and adapts
 it at test time, driving :class:`zoa_ros.core.engine.Engine` (no model math here).
 
-Lifecycle: *configure* loads the pack (or builds one from ``pack_build.*``), creates the engine
-with the method preset and autoloads the knowledge bank; *activate* subscribes to the cameras
-and starts the inference and adaptation threads; *deactivate* stops them and autosaves;
+Lifecycle: *configure* loads the pack (or builds one from ``pack_build.*``; with neither, the
+default pack of :mod:`zoa_ros.core.model.default_pack`, built once into the cache), creates the
+engine with the method preset and autoloads the knowledge bank; *activate* subscribes to the
+cameras and starts the inference and adaptation threads; *deactivate* stops them and autosaves;
 *shutdown* (also on SIGINT/SIGTERM) autosaves when it was active. With ``autostart`` the node
 configures and activates itself.
 
@@ -364,16 +365,15 @@ class ZoaNode(LifecycleNode):
     def _load_pack(self) -> Any:
         text = str(self.p("pack")).strip()
         model = str(self.p("pack_build.model")).strip()
-        if not text and not model:
-            raise ValueError(
-                "parameter 'pack' is empty: set it to a model pack (.zoapack, made with "
-                "'zoa-ros calibrate'), or set pack_build.model and pack_build.images to "
-                "calibrate one at configure")
         from zoa_ros.core.model.pack import ModelPack
 
         if text:
             return ModelPack.load(Path(os.path.expandvars(os.path.expanduser(text))))
-        return self._build_pack(model)
+        if model:
+            return self._build_pack(model)
+        from zoa_ros.core.model.default_pack import ensure_default_pack
+
+        return ModelPack.load(ensure_default_pack(log=self.get_logger().info).path)
 
     def _build_pack(self, model: str) -> Any:
         from zoa_ros.core.files.images import find_images

@@ -51,9 +51,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("autostart", True, "configure and activate on start (false: wait for a lifecycle "
          "manager)", read_only=True),
     Spec("pack", "", "model pack (.zoapack from 'zoa-ros calibrate'); empty: build one from "
-         "pack_build.*", read_only=True),
+         "pack_build.* if pack_build.model is set, else the default pack (W8A8 "
+         "EfficientNet-Lite0 calibrated on the photos bundled with scikit-image, built once "
+         "into $ZOA_ROS_CACHE or ~/.ros/zoa_ros)", read_only=True),
     Spec("pack_build.model", "", "timm model to calibrate into a pack when 'pack' is empty "
-         "(empty: configure fails with an error)", read_only=True),
+         "(empty too: the default pack)", read_only=True),
     Spec("pack_build.weights", "random", "weights for pack_build.model: a local checkpoint, "
          "'efficientnet-lite0' or 'random'", read_only=True),
     Spec("pack_build.quant", "w8a8", "quantization of the built pack (bits)", read_only=True,

@@ -20,13 +20,14 @@ from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.tools import bench_node, bench_preprocess
+from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks", description=__doc__)
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     m = bsub.add_parser("model", help="accuracy and speed of model packs", description=__doc__)
-    m.add_argument("--pack", action="append", required=True, help="model pack (repeatable)")
+    add_pack_argument(m, repeatable=True)
     m.add_argument("--data", required=True, help="labelled image folder (labels.csv or wnids)")
     m.add_argument("--labels", help="labels CSV (path,class_index); default DATA/labels.csv")
     m.add_argument("--limit", type=int, help="use only the first N images")
@@ -45,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_model(args: argparse.Namespace) -> int:
     kept = args.keep_freed_memory and keep_freed_memory()
     pairs = labelled_images(args.data, args.labels)[: args.limit]
+    args.pack = args.pack or [str(resolve_pack(None))]
     packs = [ModelPack.load(p) for p in args.pack]
     pre = Preprocessor(packs[0].data_config)
     images = [read_rgb(p) for p, _ in tqdm(pairs, desc="reading images")]

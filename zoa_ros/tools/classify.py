@@ -10,11 +10,12 @@ from zoa_ros.core.engine import Engine
 from zoa_ros.core.files.images import find_images, read_rgb
 from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.prediction import as_dicts
+from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify images with a model pack", description=__doc__)
-    p.add_argument("--pack", required=True, help="model pack file")
+    add_pack_argument(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("images", nargs="+", help="image files or folders")
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pack = ModelPack.load(args.pack)
+    pack = ModelPack.load(resolve_pack(args.pack))
     # The engine every front end drives, with no adaptation: the numbers the node would give.
     engine = Engine(pack, method="none", top_k=args.top_k, adapt_enabled=False)
     paths = [p for item in args.images for p in find_images(item)]

@@ -64,13 +64,13 @@ from typing import Any
 from zoa_ros.tools.bench_node.alongside import frames_at
 from zoa_ros.tools.bench_node.report import format_report
 from zoa_ros.tools.bench_node.session import Bench
+from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("node", help="end-to-end latency and drops of a live zoa_node",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pack", help="model pack; default: the demo's W8A8 EfficientNet-Lite0 "
-                   "(built in --out on first use)")
+    add_pack_argument(p)
     p.add_argument("--quant", default="w8a8", choices=("none", "w8a8", "w6a6", "w4a4"),
                    help="quantization of the default pack (without --pack)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per condition")
@@ -93,7 +93,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                    help="extra zoa_node parameter (repeatable; default: the shipped config)")
     p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
                    help="ROS_DOMAIN_ID of the isolated local graph (default %(default)s)")
-    p.add_argument("--out", default="out/bench_node", help="folder for logs and the default pack")
+    p.add_argument("--out", default="out/bench_node", help="folder for the logs")
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(run=run)
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                          "--model-runs >= blocks + 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pack_path = Path(args.pack) if args.pack else _default_pack(out, args.quant)
+    pack_path = resolve_pack(args.pack, args.quant)
     if not pack_path.is_file():
         raise FileNotFoundError(f"no such pack: {pack_path}")
     frames = {size: frames_at(args.frames_source, size) for size in sizes}
@@ -133,16 +133,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
-
-
-def _default_pack(out: Path, quant: str) -> Path:
-    """The demo's default pack (W8A8 EfficientNet-Lite0, pip-packaged weights), built once."""
-    from zoa_ros.core.data.sample_photos import write_photos
-    from zoa_ros.tools.demo import _ensure_pack
-
-    path = out / f"efficientnet_lite0_{quant}.zoapack"
-    _ensure_pack(path, write_photos(out / "photos"), quant)
-    return path
 
 
 def parse_sizes(spec: str) -> list[tuple[int, int]]:
