@@ -2,7 +2,10 @@
 all measured in one run on this machine. ``zoa-ros bench node``: end-to-end latency and dropped
 frames of a live zoa_node next to the model's own latency (:mod:`zoa_ros.tools.bench_node`).
 ``zoa-ros bench preprocess``: resizing camera frames for the model, timm's PIL transform against
-the uint8 tensor path the engine uses (:mod:`zoa_ros.tools.bench_preprocess`)."""
+the uint8 tensor path the engine uses (:mod:`zoa_ros.tools.bench_preprocess`). ``zoa-ros bench
+fuzz``: hostile camera messages into a live zoa_node (:mod:`zoa_ros.tools.bench_fuzz`).
+``zoa-ros bench soak``: a long run of a live zoa_node, minute by minute
+(:mod:`zoa_ros.tools.bench_soak`)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from zoa_ros.core.files.images import read_rgb
 from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.runtime.allocator import keep_freed_memory
-from zoa_ros.tools import bench_node, bench_preprocess
+from zoa_ros.tools import bench_fuzz, bench_node, bench_preprocess, bench_soak
 from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
@@ -41,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(run=run_model)
     bench_node.add_parser(bsub)
     bench_preprocess.add_parser(bsub)
+    bench_fuzz.add_parser(bsub)
+    bench_soak.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:

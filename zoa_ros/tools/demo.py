@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         photos = write_photos(out / "photos")
         from zoa_ros.tools import classify
         return classify.run(argparse.Namespace(pack=str(pack_path), json=False, top_k=5,
+                                               max_pixels=classify.DEFAULT_MAX_PIXELS,
                                                images=[str(p) for p in photos]))
     return _live(args, out, pack_path)
 

@@ -55,8 +55,6 @@ is the transport floor any Python node pays here, printed next to the time the n
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +62,7 @@ from typing import Any
 from zoa_ros.tools.bench_node.alongside import frames_at
 from zoa_ros.tools.bench_node.report import format_report
 from zoa_ros.tools.bench_node.session import Bench
+from zoa_ros.tools.live_graph import add_live_arguments, isolated_graph, write_json
 from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
@@ -89,12 +88,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                    help="with adaptation off, also run the model after the node's answers "
                         "while it waits for its next frame: the target's reference where it "
                         "ran after at least a quarter of them (default: on)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
-                   help="extra zoa_node parameter (repeatable; default: the shipped config)")
-    p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
-                   help="ROS_DOMAIN_ID of the isolated local graph (default %(default)s)")
-    p.add_argument("--out", default="out/bench_node", help="folder for the logs")
-    p.add_argument("--json", help="also write the results here")
+    add_live_arguments(p, "out/bench_node", 201)
     p.set_defaults(run=run)
 
 
@@ -111,27 +105,14 @@ def run(args: argparse.Namespace) -> int:
     if not pack_path.is_file():
         raise FileNotFoundError(f"no such pack: {pack_path}")
     frames = {size: frames_at(args.frames_source, size) for size in sizes}
-
-    from zoa_ros.ros import params
-    from zoa_ros.ros.node_process import ros_env
-
-    env = ros_env(domain_id=args.domain_id, ros_home=(out / "ros").resolve())
-    params.use_default_fastdds_profile(env)
-    os.environ.update(env)   # this process joins the same isolated graph
-    import rclpy
-
-    rclpy.init()
-    try:
-        report = Bench(args, out, pack_path.resolve(), frames, extra, env).run()
-    except RuntimeError as e:
-        print(f"zoa-ros bench node: {e}")
-        return 1
-    finally:
-        rclpy.try_shutdown()
+    with isolated_graph(out, args.domain_id) as env:
+        try:
+            report = Bench(args, out, pack_path.resolve(), frames, extra, env).run()
+        except RuntimeError as e:
+            print(f"zoa-ros bench node: {e}")
+            return 1
     print(format_report(report), flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
 
 
