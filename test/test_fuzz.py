@@ -20,7 +20,8 @@ def test_hostile_messages_leave_the_node_alive_and_every_message_accounted(
     out = tmp_path / "fuzz.json"
     run = subprocess.run(
         [CLI, "bench", "fuzz", "--pack", str(pack), "--messages", "400", "--rate", "200",
-         "--warmup-messages", "100", "--domain-id", str(60 + os.getpid() % 30),
+         "--warmup-steps", "2", "--warmup-messages", "100",
+         "--domain-id", str(60 + os.getpid() % 30),
          "--out", str(tmp_path), "--json", str(out)],
         capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.is_file(), run.stdout + run.stderr

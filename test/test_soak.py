@@ -18,7 +18,8 @@ def test_a_short_soak_reports_every_minute_and_its_targets(make_pack, tmp_path: 
     out = tmp_path / "soak.json"
     run = subprocess.run(
         [CLI, "bench", "soak", "--pack", str(pack), "--minutes", "0.25", "--warmup", "2",
-         "--size", "320x240", "--schedule", "clean:4,gaussian_noise:4", "--save-every", "1", "--domain-id", str(30 + os.getpid() % 29),
+         "--size", "320x240", "--schedule", "clean:4,gaussian_noise:4", "--save-every", "1",
+         "--domain-id", str(30 + os.getpid() % 29),
          "--out", str(tmp_path), "--json", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.is_file(), run.stdout + run.stderr

@@ -4,8 +4,10 @@ For each transport (``raw``: sensor_msgs/Image on ``image``; ``compressed``: Com
 ``image/compressed``) a ``zoa_node`` runs as its own process on an isolated local ROS graph
 with the shipped config, adaptation on, reliable input QoS (so every message reaches its
 callback and can be accounted for) and ``max_pixels`` small enough that frames just over it
-can be sent. This process warms it up with valid frames of every valid case (its memory then
-holds what classifying and adapting on them takes), reads its resident memory, then publishes
+can be sent. This process warms it up with valid frames of every valid case until the node has
+taken ``--warmup-steps`` adaptation steps, then ``--warmup-messages`` hostile messages (its
+memory then holds what classifying, adapting and refusing take), reads its resident memory,
+then publishes
 ``--messages`` (split between the transports) from :mod:`zoa_ros.ros.hostile_messages` at
 ``--rate`` Hz, plus a share of truncated CDR payloads that the middleware itself must drop.
 
@@ -51,6 +53,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--cdr-share", type=float, default=0.02,
                    help="share of messages sent as truncated CDR bytes (the middleware drops "
                         "them before the node; default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=10,
+                   help="first send valid frames until the node has taken this many "
+                        "adaptation steps (default %(default)s)")
     p.add_argument("--warmup-messages", type=int, default=1000,
                    help="hostile messages per transport before RSS is read, so that it holds "
                         "what the mix needs (default %(default)s)")
@@ -117,14 +122,14 @@ def fuzz_transport(transport: str, count: int, args: argparse.Namespace, pack: P
         watch.wait_for(publisher, node)
         valid = [h for h in messages.take(20 * len(messages.cases))
                  if h.expect == CLASSIFIED][:WARMUP_FRAMES]
+        print(f"{transport}: warm-up, valid frames until {args.warmup_steps} adaptation steps, "
+              f"then {args.warmup_messages} hostile messages ...", flush=True)
+        sent = _adapt(publisher, watch, node, [h.message for h in valid], args)
         warmup = _payloads(messages, args.warmup_messages, args.cdr_share)
-        print(f"{transport}: warm-up, {len(valid)} valid frames and {args.warmup_messages} "
-              "hostile messages ...", flush=True)
-        _send(publisher, [h.message for h in valid] + warmup.payloads, args.rate)
-        before = _settled(watch, node, ({k: 0.0 for k in COUNTERS},
-                                        len(valid) + warmup.delivered))
+        _send(publisher, warmup.payloads, args.rate)
+        before = _settled(watch, node, ({k: 0.0 for k in COUNTERS}, sent + warmup.delivered))
         if not before or before["classified"] == 0:
-            raise RuntimeError(f"the node classified none of {len(valid)} valid warm-up "
+            raise RuntimeError(f"the node classified none of {sent} valid warm-up "
                                f"frames; see {log}")
         memory_before = process_memory(node.proc.pid)
         answers_before = watch.answers
@@ -158,6 +163,24 @@ def fuzz_transport(transport: str, count: int, args: argparse.Namespace, pack: P
     result["verdicts"] = verdicts(result)
     result["passed"] = all(result["verdicts"].values())
     return result
+
+
+def _adapt(publisher: Any, watch: Any, node: Any, valid: list[Any],
+           args: argparse.Namespace) -> int:
+    """Send the valid frames round and round until the node has taken ``--warmup-steps``
+    adaptation steps (their activations are the largest part of its memory) or 10 minutes
+    passed; returns the frames sent."""
+    from zoa_ros.ros.node_watch import number
+
+    sent = 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and node.alive():
+        _send(publisher, valid, args.rate)
+        sent += len(valid)
+        if args.warmup_steps <= 0 or number(watch.counters(), "adaptation_steps") >= \
+                args.warmup_steps:
+            break
+    return sent
 
 
 @dataclass
@@ -219,7 +242,7 @@ def _send(publisher: Any, payloads: list[Any], rate: float, node: Any = None,
 
 COUNTERS = {"received": "camera.received", "classified": "frames_classified",
             "malformed": "malformed_messages", "dropped": "dropped_frames",
-            "inference_errors": "inference_errors"}
+            "inference_errors": "inference_errors", "adaptation_steps": "adaptation_steps"}
 
 
 def _settled(watch: Any, node: Any, expect: tuple[dict, int] | None) -> dict[str, float]:
