@@ -517,6 +517,7 @@ class ZoaNode(LifecycleNode):
         for thread in self._threads:
             thread.join(timeout=60)
         self._threads = []
+        self._adapt_tid = None
         if self._inference_cpus and self._process_cpus:
             pin_threads(self._process_cpus)   # every thread back on the process's CPUs
         self._active_since = None
