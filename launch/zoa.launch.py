@@ -20,7 +20,8 @@ PACKAGE = "zoa_ros"
 ARGUMENTS = {
     "params_file": "zoa_node parameters (YAML, zoa_node: ros__parameters: layout)",
     "namespace": "namespace of the node and its relative topics",
-    "image_topic": "camera topic the node's 'image' input is remapped to",
+    "image_topic": "camera topic the node's 'image' input is remapped to (transport "
+                   "compressed: the node listens on <image_topic>/compressed)",
     "use_sim_time": "use /clock (bag replay)",
     "bank_file": "knowledge bank file (overrides knowledge.bank_path when not empty)",
     "log_level": "debug, info, warn, error or fatal",

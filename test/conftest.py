@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zoa_ros.core.data.sample_photos import PHOTOS, load_photo
 from zoa_ros.core.files.images import find_images
+from zoa_ros.core.files.sample_photos import PHOTOS, load_photo
 from zoa_ros.core.model.calibration import build_pack
 from zoa_ros.core.model.factory import ModelSpec
 from zoa_ros.core.model.pack import ModelPack
@@ -23,6 +24,16 @@ from zoa_ros.core.quant import QuantConfig
 # test process beside other jobs once took 900 s for a test that takes seconds alone). Tests
 # that need more threads set them and put this default back.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zoa_ros_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the whole session (``ZOA_ROS_CACHE``, inherited by every node and CLI
+    process the tests start): the default model pack is built at most once, and never into
+    the user's ``~/.ros``."""
+    folder = tmp_path_factory.mktemp("zoa_ros_cache")
+    os.environ["ZOA_ROS_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -127,3 +127,30 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(zoa_pack, zoa_images, 
         bank_file.save(path, method, pack)
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["b.bank"]
+
+
+def test_a_save_replaces_a_bank_and_nothing_else(zoa_pack, zoa_images, tmp_path) -> None:
+    """Not a text file, not a safetensors file of another kind, not a folder: refused with the
+    reason, the file untouched; a bank (of any pack) is replaced."""
+    from safetensors.torch import save_file
+
+    pack = zoa_pack("test_vit")
+    method = _trained(pack, zoa_images, steps=2)
+    text = tmp_path / "notes.txt"
+    text.write_text("precious")
+    other = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(3)}, other, metadata={"format": "pt"})
+    folder = tmp_path / "folder.zoabank"
+    folder.mkdir()
+    for path in (text, other, folder):
+        before = path.read_bytes() if path.is_file() else None
+        with pytest.raises(bank_file.BankError, match="is not a zoa_ros knowledge bank"):
+            bank_file.save(path, method, pack)
+        assert (path.read_bytes() if path.is_file() else None) == before
+    bank = tmp_path / "k.zoabank"
+    bank_file.save(bank, method, pack)
+    bank_file.save(bank, method, pack)   # a bank is replaced
+    damaged = bank.read_bytes()[:-50]    # so is one with its tensors cut short
+    bank.write_bytes(damaged)
+    bank_file.save(bank, method, pack)
+    assert bank_file.read(bank)[1]["entries"] == method.params.entries

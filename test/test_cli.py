@@ -55,3 +55,30 @@ def test_bad_inputs_give_clear_errors(photo_dir: Path, tmp_path: Path) -> None:
     result = zoa("calibrate", "--model", "test_resnet", "--images", str(tmp_path / "none"),
                  "--out", str(tmp_path / "x.zoapack"))
     assert result.returncode == 2 and "no such image folder" in result.stderr
+
+
+def test_classify_skips_bombs_and_extreme_shapes(make_pack, photo_dir: Path, tmp_path: Path,
+                                                 capsys) -> None:
+    """A 66-byte PNG whose header claims 100000 x 100000 pixels, one just over --max-pixels,
+    one 2000 x 10: each reported as skipped with the reason, before any decoding; the good
+    photo is classified."""
+    from PIL import Image
+
+    from zoa_ros.ros.hostile_messages import png_header_bomb
+    from zoa_ros.tools.cli import main
+
+    _, pack = make_pack("test_resnet", "w8a8")
+    (tmp_path / "bomb.png").write_bytes(png_header_bomb(100000, 100000))
+    (tmp_path / "big.png").write_bytes(png_header_bomb(5000, 5000))
+    Image.new("RGB", (2000, 10)).save(tmp_path / "wide.png")
+    good = sorted(photo_dir.glob("*.png"))[0]
+    code = main(["classify", "--pack", str(pack), "--json", "--max-pixels", "20000000",
+                 str(tmp_path / "bomb.png"), str(tmp_path / "big.png"),
+                 str(tmp_path / "wide.png"), str(good)])
+    assert code == 0
+    rows = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert "decompression bomb" in rows["bomb.png"]["error"]
+    assert "refused before decoding" in rows["bomb.png"]["error"]
+    assert "5000x5000 = 25000000 pixels exceeds max_pixels 20000000" in rows["big.png"]["error"]
+    assert "aspect ratio of 2000x10 beyond 64:1" in rows["wide.png"]["error"]
+    assert len(rows[good.name]["top5"]) == 5

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import StandInNone, StandInShift
 
-from zoa_ros.core.data.sample_photos import load_photo
 from zoa_ros.core.engine import Engine, EngineConfig, MalformedFrame, Prediction
+from zoa_ros.core.files.sample_photos import load_photo
 from zoa_ros.core.runtime.memory import PeakTensorMemory, module_bytes
 
 PHOTOS = [load_photo(n) for n in ("chelsea", "astronaut", "coffee", "rocket")]

@@ -15,9 +15,9 @@ from PIL import Image
 
 from zoa_ros.core import engine as engine_module
 from zoa_ros.core.data.corruptions import corrupt, derive_seed
-from zoa_ros.core.data.sample_photos import load_photo
 from zoa_ros.core.data.stream import CorruptionStream, order, subset
 from zoa_ros.core.eval.evaluation import evaluate
+from zoa_ros.core.files.sample_photos import load_photo
 from zoa_ros.core.model.labels import wnid_to_index
 from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.tools import cli

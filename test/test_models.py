@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from zoa_ros.core.data.sample_photos import load_photo
+from zoa_ros.core.files.sample_photos import load_photo
 from zoa_ros.core.model import efficientnet_lite_weights as lite
 from zoa_ros.core.model.factory import ModelSpec, build_model, model_family, weights_fingerprint
 from zoa_ros.core.model.labels import (

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zoa_ros.core.data.sample_photos import PHOTOS, load_photo
+from zoa_ros.core.files.sample_photos import PHOTOS, load_photo
 from zoa_ros.core.model.preprocess import Preprocessor, resized_size, to_pil
 
 LITE0 = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),

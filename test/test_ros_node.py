@@ -2,13 +2,15 @@
 
 Two node processes are shared by the module (started together): ``/zoa_node`` with
 ``config/zoa.yaml`` plus test overrides (raw images, two cameras, shipped best-effort QoS) and
-``/c/zoa_node`` (compressed input, reliable QoS, classification pinned to a CPU of its own
-where there are two). The last test stops both with SIGINT. Every
-wait polls with a timeout (discovery can take ~3 s); every subprocess has a timeout.
+``/c/zoa_node`` (compressed input on its remapped camera topic, reliable QoS, classification
+pinned to a CPU of its own where there are two, bank files confined to a folder). The last
+test stops both with SIGINT. Every wait polls with a timeout (discovery can take ~3 s); every
+subprocess has a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +32,7 @@ C_CPU = max(CPUS) if len(CPUS) > 1 else None   # node "c" classifies on this CPU
 PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 DOMAIN = 101 + os.getpid() % 100
 START_TIMEOUT = 120.0
-C_REMAP = "image/compressed:=front/compressed"   # node "c": /c/image/compressed -> C_TOPIC
+C_REMAP = "image:=front"   # node "c": its camera /c/image -> /c/front, so compressed: C_TOPIC
 C_TOPIC = "/c/front/compressed"
 
 os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
@@ -265,7 +267,7 @@ def setup(make_pack, tmp_path_factory):
     c_overrides = {**small, "transport": "compressed",
                    "qos": {"reliability": "reliable", "depth": 10},
                    "inference": {"cpus": "" if C_CPU is None else str(C_CPU)},
-                   "knowledge": {"bank_path": str(tmp / "c.zoabank")}}
+                   "knowledge": {"bank_dir": str(tmp / "c_banks"), "bank_path": "c.zoabank"}}
     files = {}
     for name, values in (("main", main_overrides), ("c", c_overrides)):
         files[name] = tmp / f"{name}.yaml"
@@ -273,7 +275,8 @@ def setup(make_pack, tmp_path_factory):
     nodes = {
         "main": NodeProcess("/zoa_node", ["--params-file", str(ROOT / "config" / "zoa.yaml"),
                                           "--params-file", str(files["main"])], tmp / "main.log"),
-        # a namespace and a node-specific remapping, which the camera subscriptions follow
+        # a namespace and a node-specific remapping of the camera topic, which the compressed
+        # transport follows (image_transport's <base topic>/compressed)
         "c": NodeProcess("/c/zoa_node", ["-r", "__ns:=/c", "-r", f"zoa_node:{C_REMAP}",
                                          "--params-file", str(files["c"])], tmp / "c.log"),
     }
@@ -534,6 +537,8 @@ def test_compressed_input(setup) -> None:
                               _result(c, "/c/", frame_id=f"c_{fmt}"))
         assert result["camera"] == "image" and set(result) == RESULT_KEYS
     name = "/c/zoa_node: camera image/compressed"
+    assert c.diag(name)["subscribed_topic"] == C_TOPIC
+    assert f"active: classifying {C_TOPIC}" in setup.nodes["c"].output()
     before = int(c.diag(name)["malformed"])
     pub.publish(compressed("jpeg", 1, "c_bad", data=b"\xff\xd8 not really a jpeg"))
     pub.publish(compressed("jpeg", 2, "c_empty", data=b""))
@@ -541,6 +546,126 @@ def test_compressed_input(setup) -> None:
            "malformed compressed frames counted")
     c.send_until(pub, lambda i: compressed("jpeg", 200 + i, "c_after"),
                  _result(c, "/c/", frame_id="c_after"))
+
+
+def test_frames_over_max_pixels_are_refused_with_the_reason(setup) -> None:
+    """Header bombs (raw fields, a PNG header) and, after max_pixels is lowered at run time, a
+    normal frame: counted as malformed, the reason in /diagnostics; the node classifies on."""
+    from zoa_ros.ros.hostile_messages import png_header_bomb
+
+    c = setup.client
+    raw = c.publisher(Image, "/image")
+    bomb = image("rgb8", pixels=PHOTO[:4, :4])
+    bomb.height, bomb.width, bomb.step = 100000, 100000, 300000
+    _refused(c, raw, bomb, "/zoa_node: camera image", "100000x100000 = 10000000000 pixels "
+             "exceeds max_pixels 67108864")
+    comp = c.publisher(CompressedImage, C_TOPIC, RELIABLE)
+    _refused(c, comp, compressed("png", 1, "bomb", data=png_header_bomb(100000, 100000)),
+             "/c/zoa_node: camera image/compressed", "decompression bomb")
+    assert all(r.successful for r in c.set_params("/zoa_node", max_pixels=1000))
+    try:
+        _refused(c, raw, image("rgb8", frame_id="too_big"), "/zoa_node: camera image",
+                 "640x480 = 307200 pixels exceeds max_pixels 1000")
+    finally:
+        assert all(r.successful for r in c.set_params("/zoa_node", max_pixels=67108864))
+    c.send_until(raw, lambda i: image("rgb8", sec=9700 + i, frame_id="after_bombs"),
+                 _result(c, "/", frame_id="after_bombs"))
+
+
+def _refused(c: Client, pub: Any, msg: Any, status: str, reason: str) -> None:
+    """Publish ``msg`` until its camera's /diagnostics names ``reason`` as the last refusal."""
+    deadline = time.monotonic() + 20
+    while True:
+        pub.publish(msg)
+        values = c.diag(status.split(": camera")[0] + ": classifier")
+        cam = values_of(c.status[status])
+        if reason in cam["last_malformed"]:
+            assert "malformed" in values["reasons"] or int(cam["malformed"]) > 0
+            return
+        assert time.monotonic() < deadline, cam
+
+
+def test_saves_never_replace_a_file_that_is_not_a_bank(setup) -> None:
+    c = setup.client
+    entries = c.diag("/zoa_node: classifier")["bank_entries"]
+    notes = setup.tmp / "notes.txt"
+    notes.write_text("precious")
+    for target in (notes, setup.tmp):   # a text file, a folder
+        assert all(r.successful for r in c.set_params("/zoa_node",
+                                                      knowledge__bank_path=str(target)))
+        refused = c.trigger("/zoa_node/save_knowledge")
+        assert not refused.success and "is not a zoa_ros knowledge bank" in refused.message
+        assert "refusing to replace it" in refused.message
+    assert notes.read_text() == "precious"
+    _back_to_the_bank(c, setup, entries)
+
+
+def _back_to_the_bank(c: Client, setup: Any, entries: str) -> None:
+    """The running bank is intact and saves to its own file again."""
+    assert c.diag("/zoa_node: classifier")["bank_entries"] == entries
+    path = setup.overrides["knowledge"]["bank_path"]
+    assert all(r.successful for r in c.set_params("/zoa_node", knowledge__bank_path=path))
+    saved = c.trigger("/zoa_node/save_knowledge")
+    assert saved.success and f"saved {entries} bank entries" in saved.message
+
+
+@pytest.mark.parametrize("kind", ["read-only", "full"])
+def test_a_save_into_a_read_only_or_full_folder_fails_and_keeps_the_bank(setup, kind) -> None:
+    c = setup.client
+    folder = setup.tmp / kind
+    folder.mkdir(exist_ok=True)
+    entries = c.diag("/zoa_node: classifier")["bank_entries"]
+    with _unwritable(folder, kind) as why:
+        assert all(r.successful for r in c.set_params(
+            "/zoa_node", knowledge__bank_path=str(folder / "k.zoabank")))
+        failed = c.trigger("/zoa_node/save_knowledge")
+        assert not failed.success and why in failed.message, failed.message
+        assert "the running bank is kept" in failed.message
+        assert not list(folder.glob("*k.zoabank*"))   # no file, no temp file left
+    _back_to_the_bank(c, setup, entries)
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path, kind: str):
+    """``folder`` read-only or full; yields the error text a write there gives. A small
+    tmpfs (root), or for read-only without root a folder without write permission."""
+    root = os.geteuid() == 0
+    if not root and kind == "full":
+        pytest.skip("a full file system needs a tmpfs mount (root)")
+    if root:
+        options = "ro" if kind == "read-only" else "size=4k"
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        if kind == "full":
+            (folder / "filler").write_bytes(b"\0" * 4096)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield {"read-only": "Read-only file system" if root else "Permission denied",
+               "full": "No space left on device"}[kind]
+    finally:
+        if root:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_bank_dir_confines_the_bank_path(setup) -> None:
+    c = setup.client
+    folder = setup.tmp / "c_banks"
+    folder.mkdir(exist_ok=True)
+    outside = setup.tmp / "outside.zoabank"
+    (folder / "link.zoabank").symlink_to(outside)
+    for path in (str(outside), "../outside.zoabank", "link.zoabank"):
+        (result,) = c.set_params("/c/zoa_node", knowledge__bank_path=path)
+        assert not result.successful and "outside knowledge.bank_dir" in result.reason, path
+    (result,) = c.set_params("/c/zoa_node", knowledge__bank_path="sub/../mission.zoabank")
+    assert result.successful, result.reason
+    saved = c.trigger("/c/zoa_node/save_knowledge")
+    assert saved.success and str(folder / "mission.zoabank") in saved.message
+    assert not outside.exists()
+    assert c.set_params("/c/zoa_node", knowledge__bank_path="c.zoabank")[0].successful
 
 
 def test_diagnostics_report_everything(setup) -> None:
@@ -604,7 +729,7 @@ def test_min_period_follows_sim_time(setup) -> None:
 
 def test_deactivate_autosaves_and_activate_resumes(setup) -> None:
     c = setup.client
-    bank = setup.tmp / "c.zoabank"
+    bank = setup.tmp / "c_banks" / "c.zoabank"
     assert not bank.exists()
     assert c.transition("/c/zoa_node", Transition.TRANSITION_DEACTIVATE, "inactive")
     assert c.state("/c/zoa_node") == "inactive"
@@ -655,7 +780,7 @@ def test_inference_cpus_reserve_a_cpu_for_classification(setup) -> None:
 def test_sigint_exits_cleanly_and_autosaves(setup) -> None:
     main, comp = setup.nodes["main"], setup.nodes["c"]
     main_bank = Path(setup.overrides["knowledge"]["bank_path"])
-    c_bank = setup.tmp / "c.zoabank"
+    c_bank = setup.tmp / "c_banks" / "c.zoabank"
     mtimes = [main_bank.stat().st_mtime_ns, c_bank.stat().st_mtime_ns]
     start = time.monotonic()
     for proc in (main, comp):
@@ -670,10 +795,10 @@ def test_sigint_exits_cleanly_and_autosaves(setup) -> None:
 def test_start_up_errors_are_clear(tmp_path: Path) -> None:
     env = {**os.environ, "ROS_HOME": str(tmp_path)}
     run = [sys.executable, "-m", "zoa_ros.ros.node", "--ros-args"]
-    no_pack = subprocess.run([*run, "-p", "knowledge.autoload:=false"], capture_output=True,
-                             text=True, timeout=60, env=env)
-    assert no_pack.returncode == 1
-    assert "parameter 'pack' is empty" in no_pack.stderr + no_pack.stdout
+    missing = subprocess.run([*run, "-p", f"pack:={tmp_path / 'missing.zoapack'}"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode == 1
+    assert "no such pack file" in missing.stderr + missing.stdout
     bad = subprocess.run([*run, "-p", "adaptation.interval_frames:=0", "-p", "transport:=h264",
                           "-p", "inference.cpus:=fast"],
                          capture_output=True, text=True, timeout=60, env=env)

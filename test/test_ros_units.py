@@ -133,8 +133,43 @@ def test_malformed_compressed() -> None:
         conv.compressed_to_array(CompressedImage(format="jpeg"))
     with pytest.raises(conv.MalformedMessage, match="unsupported compressed format"):
         conv.compressed_to_array(CompressedImage(format="tiff", data=b"abc"))
-    with pytest.raises(conv.MalformedMessage, match="could not decode"):
+    with pytest.raises(conv.MalformedMessage, match="neither JPEG nor PNG"):
         conv.compressed_to_array(CompressedImage(format="jpeg", data=b"not a jpeg at all"))
+    png = cv2.imencode(".png", RGB)[1].tobytes()
+    with pytest.raises(conv.MalformedMessage, match="could not decode"):   # header fine, data cut
+        conv.compressed_to_array(CompressedImage(format="png", data=png[:60]))
+
+
+def test_frames_over_max_pixels_are_refused_before_decoding() -> None:
+    """From the message fields (raw) or the PNG / JPEG header (compressed), before anything
+    decodes: a 66-byte PNG claiming 100000 x 100000 pixels, a JPEG claiming 65500 x 65500."""
+    from zoa_ros.ros.hostile_messages import jpeg_header_bomb, png_header_bomb
+
+    raw = _image(RGB, "rgb8")   # 7 x 6 = 42 pixels
+    assert conv.image_to_array(raw, max_pixels=42).shape == RGB.shape
+    with pytest.raises(conv.MalformedMessage, match="exceeds max_pixels 41"):
+        conv.check_image(raw, max_pixels=41)
+    png = cv2.imencode(".png", RGB)[1].tobytes()
+    assert conv.compressed_to_array(CompressedImage(format="png", data=png), 42).shape == \
+        RGB.shape
+    with pytest.raises(conv.MalformedMessage, match="7x6 = 42 pixels exceeds max_pixels 41"):
+        conv.compressed_to_array(CompressedImage(format="png", data=png), 41)
+    for data in (png_header_bomb(100000, 100000), jpeg_header_bomb(65500, 65500),
+                 png_header_bomb(9000, 9000)):
+        assert len(data) < 1000
+        with pytest.raises(conv.MalformedMessage, match=r"pixels exceeds|decompression bomb"):
+            conv.compressed_to_array(CompressedImage(format="png", data=data))
+    bomb = _image(RGB, "rgb8")
+    bomb.height, bomb.width, bomb.step = 100000, 100000, 300000
+    with pytest.raises(conv.MalformedMessage, match="exceeds max_pixels"):
+        conv.check_image(bomb)
+
+
+def test_sender_chosen_text_in_a_reason_stays_short() -> None:
+    msg = _image(RGB, "x" * 5000)
+    with pytest.raises(conv.MalformedMessage) as refused:
+        conv.check_image(msg)
+    assert len(str(refused.value)) < 150
 
 
 def test_result_json_has_exactly_the_documented_fields() -> None:
@@ -198,6 +233,30 @@ def test_a_backend_fallback_is_a_warning_with_its_reason() -> None:
     msg = tracker.message(_snap(2.0, backend="onnxruntime"), Thresholds(), None)
     assert msg.status[0].level == bytes([OK])
     assert values_of(msg.status[0])["inference_backend"] == "onnxruntime"
+
+
+def test_health_names_refusals_rollbacks_and_stopped_threads() -> None:
+    tracker = DiagnosticsTracker("/zoa_node")
+    th = Thresholds()
+    tracker.message(_snap(1.0, threads={"inference": True, "adaptation": True}), th, None)
+    snap = _snap(2.0, malformed=1, adaptation_rolled_back=2,
+                 last_rollback="rolled back: non-finite loss (L0 nan, L+ nan)",
+                 threads={"inference": True, "adaptation": True, "camera_inputs": False})
+    snap.cameras["image"].last_malformed = "frame of 9000x9000 = 81000000 pixels exceeds ..."
+    snap.cameras["image"].subscribed = "/camera/image_raw"
+    main, cam = tracker.message(snap, th, None).status
+    assert main.level == bytes([ERROR])
+    values = values_of(main)
+    assert "thread(s) stopped: camera_inputs" in values["reasons"]
+    assert "2 adaptation step(s) rolled back (rolled back: non-finite loss" in values["reasons"]
+    assert "(last: frame of 9000x9000" in values["reasons"]
+    assert values["adaptation_rolled_back"] == "2"
+    assert values["threads_alive"] == "inference, adaptation"
+    assert values["threads_stopped"] == "camera_inputs"
+    assert values_of(cam)["subscribed_topic"] == "/camera/image_raw"
+    assert values_of(cam)["last_malformed"].startswith("frame of 9000x9000")
+    _, reasons, _ = tracker.health(_snap(9.0, last=1.0), th)   # stale: the real topic
+    assert any("no frames on image" in r for r in reasons)
 
 
 def test_latency_window() -> None:

@@ -2,7 +2,8 @@
 
 Rooms, lowest first; a room imports only from rooms before it (``test/test_layout.py``):
 
-* ``files``: atomic writes, safetensors file helpers, shipped config files, image files.
+* ``files``: atomic writes, safetensors file helpers, shipped config files, image files, the
+  bundled sample photos, the user's cache.
 * ``runtime``: how the process runs: malloc settings, CPU affinity, threads, peak memory,
   classification first.
 * ``quant``: fake quantization of timm classifiers.

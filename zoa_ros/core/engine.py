@@ -55,7 +55,7 @@ from zoa_ros.core.model.prediction import ClassScore, entropy, top_k
 from zoa_ros.core.model.preprocess import Preprocessor, to_rgb_array
 from zoa_ros.core.quant.model import first_conv_name
 from zoa_ros.core.runtime.allocator import keep_freed_memory
-from zoa_ros.core.runtime.prediction_first import PredictionFirst
+from zoa_ros.core.runtime.prediction_first import PredictionFirst, StepAborted
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class AdaptReport:
     domain_changed: bool
     bank_entries: int
     info: object | None = None   # what the method's adapt() returned (ZOA: its StepInfo)
+    rolled_back: bool = False    # the method undid the step (a non-finite loss or parameters)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,8 @@ class EngineStats:
     buffered: int               # frames waiting in the buffer now
     buffer_dropped: int         # buffered frames pushed out before they were adapted on
     adapt_steps: int
+    adapt_rolled_back: int      # steps the method undid: non-finite loss or parameters
+    last_rollback: str          # why the last of them was undone
     adapt_skipped: int          # adaptation due, but fewer than min_frames buffered
     adapt_deferred: int         # adaptation due, but min_period_s not yet over
     forward_passes: int         # full-model passes as the method counts them (a batch = 1)
@@ -298,11 +301,13 @@ class Engine:
         self._enabled = config.adapt_enabled
         self._counts = collections.Counter()
         self._last_step_ms = 0.0
+        self._last_rollback = ""
         self._step_ms_total = 0.0
         self._predict_ms_total = 0.0
         self._replay_ms_total = 0.0
         self._stem_hook = _stem(model).register_forward_pre_hook(self._count_samples)
-        self._first = PredictionFirst(config.max_pause_s if self.method.adapt_may_pause else 0.0)
+        self._first = PredictionFirst(config.max_pause_s if self.method.adapt_may_pause else 0.0,
+                                      abortable=self.method.adapt_may_pause)
         choice = choose_backend(config.backend, pack, model, self.method, config.mode,
                                 config.int8_model, config.backend_threads)
         self.backend = choice.backend
@@ -458,19 +463,24 @@ class Engine:
         if not self._adapt_lock.acquire(blocking=False):
             return None
         try:
-            with self._first.adapting():
-                self._fold_observed()
-            batch = self._take_batch(force)
-            if batch is None:
+            try:
+                with self._first.adapting():
+                    self._fold_observed()
+                batch = self._take_batch(force)
+                if batch is None:
+                    return None
+                x = torch.stack([b.frame for b in batch])
+                before = self.domain_changes
+                start = time.perf_counter()
+                with self._first.adapting():
+                    self._fold_observed(force=True)
+                    info = self.method.adapt(x, _records(batch))
+                    if self.backend is not None:
+                        self._sync_backend()
+            except StepAborted:   # abort_adaptation(): the method undid the step
+                with self._lock:
+                    self._counts["adapt_aborted"] += 1
                 return None
-            x = torch.stack([b.frame for b in batch])
-            before = self.domain_changes
-            start = time.perf_counter()
-            with self._first.adapting():
-                self._fold_observed(force=True)
-                info = self.method.adapt(x, _records(batch))
-                if self.backend is not None:
-                    self._sync_backend()
             ms = (time.perf_counter() - start) * 1e3
             return self._finish_step(len(x), ms, before, info)
         finally:
@@ -497,6 +507,12 @@ class Engine:
             self._counts["stats_replays"] += 1
             self._counts["stats_frames_replayed"] += len(frames)
             self._replay_ms_total += (time.perf_counter() - start) * 1e3
+
+    def abort_adaptation(self, on: bool = True) -> None:
+        """Abandon the adaptation step in progress at its next layer, and any later one until
+        called with ``on`` False (methods that can pause their steps, ZOA: the method undoes
+        the step; a front end that stops need not wait for it)."""
+        self._first.abort(on)
 
     def _take_batch(self, force: bool) -> list[_Buffered] | None:
         with self._lock:
@@ -529,16 +545,23 @@ class Engine:
 
     def _finish_step(self, frames: int, ms: float, changes_before: int,
                      info: object | None = None) -> AdaptReport:
+        """Count a step; one the method rolled back (``info.rolled_back``: a non-finite loss or
+        parameters) is counted apart, with its reason, and not as a step."""
         bank = self.method.bank_summary()
+        rolled_back = bool(getattr(info, "rolled_back", False))
         with self._lock:
-            self._counts["adapt_steps"] += 1
-            self._counts["frames_adapted"] += frames
+            if rolled_back:
+                self._counts["adapt_rolled_back"] += 1
+                self._last_rollback = str(getattr(info, "reason", ""))
+            else:
+                self._counts["adapt_steps"] += 1
+                self._counts["frames_adapted"] += frames
+                self._step_ms_total += ms
             self._last_step_ms = ms
-            self._step_ms_total += ms
             step = self._counts["adapt_steps"]
         return AdaptReport(step, frames, ms, self.domain_id,
                            self.domain_changes != changes_before, int(bank.get("entries", 0)),
-                           info)
+                           info, rolled_back)
 
     # ---- either mode --------------------------------------------------------------------------
     def process(self, frames: Frames) -> list[Prediction]:
@@ -577,7 +600,7 @@ class Engine:
                 self._counts["frames"] += len(x)
                 self._counts["predict_calls"] += 1
                 self._predict_ms_total += ms
-            self._finish_step(len(x), ms, before)
+            self._finish_step(len(x), ms, before, getattr(self.method, "last_step", None))
             domain = self.domain_id
         return [Prediction(r, ms, domain, steps, h) for r, h in zip(results, entropies)]
 
@@ -637,6 +660,7 @@ class Engine:
                 frames=frames, frames_observed=c["frames_observed"],
                 frames_adapted=c["frames_adapted"], buffered=len(self._buffer),
                 buffer_dropped=c["buffer_dropped"], adapt_steps=steps,
+                adapt_rolled_back=c["adapt_rolled_back"], last_rollback=self._last_rollback,
                 adapt_skipped=c["adapt_skipped"], adapt_deferred=c["adapt_deferred"],
                 forward_passes=costs.forward_passes + c["backend_forwards"],
                 backward_passes=costs.backward_passes,

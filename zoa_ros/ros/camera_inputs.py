@@ -46,15 +46,28 @@ class CameraInputs:
         self._thread: threading.Thread | None = None
 
     def subscribe(self, msg_type: type, topic: str, callback: Callable[[Any], None],
-                  qos: QoSProfile) -> None:
-        """Subscribe to ``topic`` as the owner names it (its namespace and remappings)."""
-        self.node.create_subscription(msg_type, self._owner.resolve_topic_name(topic), callback,
-                                      qos)
+                  qos: QoSProfile, transport: str = "") -> str:
+        """Subscribe to ``topic`` as the owner names it (its namespace and remappings), or with
+        a ``transport`` (e.g. ``compressed``) to ``<resolved topic>/<transport>`` as
+        image_transport names it (a remapping of that full name applies too); returns the
+        topic subscribed to."""
+        name = self.resolve(topic, transport)
+        self.node.create_subscription(msg_type, name, callback, qos)
+        return name
+
+    def resolve(self, topic: str, transport: str = "") -> str:
+        """The topic :meth:`subscribe` would subscribe to."""
+        name = self._owner.resolve_topic_name(topic)
+        return self._owner.resolve_topic_name(f"{name}/{transport}") if transport else name
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._executor.spin, name="zoa_camera_inputs",
                                         daemon=True)
         self._thread.start()
+
+    def alive(self) -> bool:
+        """Whether the executor thread delivering the frames runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def close(self) -> None:
         """Stop delivering frames: end the executor thread, then remove the companion node."""

@@ -48,6 +48,8 @@ class CameraCounts:
     malformed: int = 0        # refused at the header check or when converting
     classified: int = 0
     last_received: float | None = None   # monotonic time of the newest frame
+    subscribed: str = ""      # the topic subscribed to (resolved: namespace, remappings)
+    last_malformed: str = ""  # why the newest malformed message was refused
 
 
 @dataclass
@@ -67,6 +69,9 @@ class Snapshot:
     adaptation_steps: int = 0
     adaptation_skipped: int = 0
     adaptation_errors: int = 0
+    adaptation_rolled_back: int = 0    # steps undone: non-finite loss or parameters
+    last_rollback: str = ""
+    threads: dict[str, bool] = field(default_factory=dict)   # the node's threads: alive?
     last_step_ms: float = 0.0
     adaptation_paused_s: float = 0.0   # steps waiting for classification (max_pause_ms)
     domain_changes: int = 0
@@ -109,15 +114,20 @@ class DiagnosticsTracker:
         if snap.state != "active":
             reasons.append((WARN, f"node is {snap.state}"))
         else:
+            stopped = [name for name, alive in snap.threads.items() if not alive]
+            if stopped:
+                reasons.append((ERROR, f"thread(s) stopped: {', '.join(stopped)}"))
             for name, cam in snap.cameras.items():
                 since = snap.now - (cam.last_received if cam.last_received is not None
                                     else (snap.active_since or snap.now))
                 if since > thresholds.stale_input_s:
-                    per_camera[name].append(f"no frames on {cam.topic} for {since:.1f} s")
+                    per_camera[name].append(
+                        f"no frames on {cam.subscribed or cam.topic} for {since:.1f} s")
                 old = prev.cameras.get(name) if prev else None
                 new_bad = cam.malformed - (old.malformed if old else 0)
                 if new_bad > 0:
-                    per_camera[name].append(f"{new_bad} malformed message(s) on {cam.topic}")
+                    per_camera[name].append(f"{new_bad} malformed message(s) on {cam.topic} "
+                                            f"(last: {cam.last_malformed})")
                 reasons.extend((WARN, text) for text in per_camera[name])
         if prev is not None and snap.inference_errors > prev.inference_errors:
             reasons.append((WARN, f"{snap.inference_errors - prev.inference_errors} "
@@ -125,6 +135,9 @@ class DiagnosticsTracker:
         if prev is not None and snap.adaptation_errors > prev.adaptation_errors:
             reasons.append((WARN, f"{snap.adaptation_errors - prev.adaptation_errors} "
                                   "adaptation step error(s)"))
+        if prev is not None and snap.adaptation_rolled_back > prev.adaptation_rolled_back:
+            reasons.append((WARN, f"{snap.adaptation_rolled_back - prev.adaptation_rolled_back} "
+                                  f"adaptation step(s) rolled back ({snap.last_rollback})"))
         if snap.autosave_blocked:
             reasons.append((WARN, snap.autosave_blocked))
         if snap.backend_warning:
@@ -162,6 +175,10 @@ class DiagnosticsTracker:
             "adaptation_steps": snap.adaptation_steps,
             "adaptation_skipped": snap.adaptation_skipped,
             "adaptation_errors": snap.adaptation_errors,
+            "adaptation_rolled_back": snap.adaptation_rolled_back,
+            "last_rollback": snap.last_rollback,
+            "threads_alive": ", ".join(n for n, alive in snap.threads.items() if alive),
+            "threads_stopped": ", ".join(n for n, alive in snap.threads.items() if not alive),
             "last_step_ms": _fmt(snap.last_step_ms),
             "adaptation_paused_s": _fmt(snap.adaptation_paused_s),
             "domain_changes": snap.domain_changes,
@@ -184,7 +201,8 @@ class DiagnosticsTracker:
                     "topic": cam.topic, "input_rate_hz": _fmt(rate),
                     "classified_rate_hz": _fmt(done), "received": cam.received,
                     "classified": cam.classified, "dropped": cam.dropped,
-                    "malformed": cam.malformed}))
+                    "malformed": cam.malformed, "subscribed_topic": cam.subscribed,
+                    "last_malformed": cam.last_malformed}))
         self._prev = snap
         return DiagnosticArray(header=_header(stamp), status=statuses)
 

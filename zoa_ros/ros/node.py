@@ -1,9 +1,10 @@
 """``zoa_node``: a lifecycle node that classifies camera frames with a quantized model and adapts
 it at test time, driving :class:`zoa_ros.core.engine.Engine` (no model math here).
 
-Lifecycle: *configure* loads the pack (or builds one from ``pack_build.*``), creates the engine
-with the method preset and autoloads the knowledge bank; *activate* subscribes to the cameras
-and starts the inference and adaptation threads; *deactivate* stops them and autosaves;
+Lifecycle: *configure* loads the pack (or builds one from ``pack_build.*``; with neither, the
+default pack of :mod:`zoa_ros.core.model.default_pack`, built once into the cache), creates the
+engine with the method preset and autoloads the knowledge bank; *activate* subscribes to the
+cameras and starts the inference and adaptation threads; *deactivate* stops them and autosaves;
 *shutdown* (also on SIGINT/SIGTERM) autosaves when it was active. With ``autostart`` the node
 configures and activates itself.
 
@@ -123,6 +124,16 @@ def _lower_priority(idle: bool, increment: int, log: Any) -> None:
         log.warning(f"cannot lower the adaptation thread's priority: {e}")
 
 
+def _normal_priority(tid: int | None) -> None:
+    """Thread ``tid`` back to the normal policy (SCHED_OTHER), where permitted."""
+    if tid is None:
+        return
+    try:
+        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):   # gone, not Linux, or not permitted
+        pass
+
+
 def input_qos(reliability: str, depth: int) -> QoSProfile:
     """The camera subscriptions' QoS: keep the last ``depth``, volatile, ``reliability``
     ``"reliable"`` or best effort (the ``qos.*`` parameters)."""
@@ -158,6 +169,9 @@ class ZoaNode(LifecycleNode):
         self._active_since: float | None = None
         self._cameras = list(self.p("image_topics"))
         self._transport = self.p("transport")
+        self._max_pixels = self.p("max_pixels")
+        folder = str(self.p("knowledge.bank_dir")).strip()
+        self._bank_dir = Path(os.path.realpath(_expand(folder))) if folder else None
         self._slots = FrameSlots(tuple(self._cameras))
         self._counts = {c: CameraCounts(self._input_topic(c)) for c in self._cameras}
         self._counts_lock = threading.Lock()
@@ -167,6 +181,8 @@ class ZoaNode(LifecycleNode):
         self._adapt_errors = 0
         self._inputs: CameraInputs | None = None
         self._threads: list[threading.Thread] = []
+        self._streaming = False   # the threads below run (and should)
+        self._adapt_tid: int | None = None
         self._inference_cpus = parse_cpus(self.p("inference.cpus"))
         self._process_cpus: frozenset[int] = frozenset()
         self._stop = threading.Event()
@@ -204,11 +220,24 @@ class ZoaNode(LifecycleNode):
         return self._engine
 
     def _input_topic(self, camera: str) -> str:
+        """The camera's input as named in diagnostics (relative, before remapping)."""
         return f"{camera}/compressed" if self._transport == "compressed" else camera
 
-    def _bank_path(self) -> Path | None:
-        text = str(self.p("knowledge.bank_path")).strip()
-        return Path(os.path.expandvars(os.path.expanduser(text))).absolute() if text else None
+    def _bank_path(self, text: str | None = None) -> Path | None:
+        """``knowledge.bank_path`` (or ``text``) as an absolute path, ``None`` if empty;
+        ValueError when ``knowledge.bank_dir`` is set and it resolves outside that folder."""
+        text = str(self.p("knowledge.bank_path") if text is None else text).strip()
+        if not text:
+            return None
+        path = Path(_expand(text))
+        folder = self._bank_dir
+        if folder is None:
+            return path.absolute()
+        real = Path(os.path.realpath(folder / path))   # absolute paths stay as they are
+        if not real.is_relative_to(folder):
+            raise ValueError(f"knowledge.bank_path {text!r} resolves to {real}, outside "
+                             f"knowledge.bank_dir {folder}")
+        return real
 
     def _node_seconds(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -246,8 +275,9 @@ class ZoaNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._start_streaming()
         self._state = "active"
-        self.get_logger().info("active: classifying " + ", ".join(
-            self._input_topic(c) for c in self._cameras))
+        with self._counts_lock:
+            topics = [self._counts[c].subscribed for c in self._cameras]
+        self.get_logger().info("active: classifying " + ", ".join(topics))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -367,16 +397,15 @@ class ZoaNode(LifecycleNode):
     def _load_pack(self) -> Any:
         text = str(self.p("pack")).strip()
         model = str(self.p("pack_build.model")).strip()
-        if not text and not model:
-            raise ValueError(
-                "parameter 'pack' is empty: set it to a model pack (.zoapack, made with "
-                "'zoa-ros calibrate'), or set pack_build.model and pack_build.images to "
-                "calibrate one at configure")
         from zoa_ros.core.model.pack import ModelPack
 
         if text:
             return ModelPack.load(Path(os.path.expandvars(os.path.expanduser(text))))
-        return self._build_pack(model)
+        if model:
+            return self._build_pack(model)
+        from zoa_ros.core.model.default_pack import ensure_default_pack
+
+        return ModelPack.load(ensure_default_pack(log=self.get_logger().info).path)
 
     def _build_pack(self, model: str) -> Any:
         from zoa_ros.core.files.images import find_images
@@ -412,10 +441,22 @@ class ZoaNode(LifecycleNode):
     def _has_bank(self) -> bool:
         return self._engine is not None and hasattr(self._engine.method, "export_bank")
 
+    def _bank_target(self) -> tuple[Path | None, str]:
+        """(the bank file, "") or (None, why there is none)."""
+        try:
+            path = self._bank_path()
+        except ValueError as e:
+            return None, str(e)
+        return (path, "") if path is not None else (None, "knowledge.bank_path is empty")
+
     def _autoload(self) -> None:
-        path = self._bank_path()
-        if not (self.p("knowledge.autoload") and self._has_bank() and path and path.is_file()):
+        path, _ = self._bank_target()
+        if not (self.p("knowledge.autoload") and self._has_bank()):
             return
+        if path is None and not str(self.p("knowledge.bank_path")).strip():
+            return   # no bank file configured
+        if path is not None and not path.is_file():
+            return   # none saved yet
         ok, message = self._load_bank()
         if ok:
             self.get_logger().info(f"autoload: {message}")
@@ -444,9 +485,15 @@ class ZoaNode(LifecycleNode):
         qos = self._input_qos()
         self._inputs = CameraInputs(self)
         for camera in self._cameras:
-            self._inputs.subscribe(msg_type, self._input_topic(camera),
-                                   self._input_callback(camera, kind), qos)
+            # compressed: <camera's resolved topic>/compressed, image_transport's convention,
+            # so a remapping of the camera topic moves both transports
+            topic = self._inputs.subscribe(msg_type, camera, self._input_callback(camera, kind),
+                                           qos, "compressed" if kind == "compressed" else "")
+            with self._counts_lock:
+                self._counts[camera].subscribed = topic
         self._active_since = time.monotonic()
+        if self._engine is not None:
+            self._engine.abort_adaptation(False)
         ready = threading.Event()
         self._threads = [threading.Thread(target=self._inference_loop, args=(ready,),
                                           name="zoa_inference", daemon=True),
@@ -457,24 +504,35 @@ class ZoaNode(LifecycleNode):
         use_compute_threads(1)   # threads that compute from now on default to one CPU
         self._threads[1].start()
         self._inputs.start()
+        self._streaming = True
 
     def _stop_streaming(self) -> None:
+        self._streaming = False
         if self._inputs is not None:
             self._inputs.close()
             self._inputs = None
         self._stop.set()
         self._slots.close()
         self._adapt_wake.set()
+        if self._engine is not None:   # no waiting for a step: it is abandoned and undone
+            self._engine.abort_adaptation()
+        _normal_priority(self._adapt_tid)   # at idle priority a busy CPU may never run it
         for thread in self._threads:
             thread.join(timeout=60)
         self._threads = []
+        self._adapt_tid = None
         if self._inference_cpus and self._process_cpus:
             pin_threads(self._process_cpus)   # every thread back on the process's CPUs
         self._active_since = None
 
     def _input_callback(self, camera: str, kind: str) -> Any:
-        check = conversions.check_compressed if kind == "compressed" else conversions.check_image
         counts = self._counts[camera]
+
+        def check(msg: Any) -> None:
+            if kind == "compressed":
+                conversions.check_compressed(msg)
+            else:
+                conversions.check_image(msg, self._max_pixels)
 
         def callback(msg: Any) -> None:
             with self._counts_lock:
@@ -490,17 +548,25 @@ class ZoaNode(LifecycleNode):
         return callback
 
     def _malformed(self, camera: str, reason: str) -> None:
-        """Count a malformed message; log each kind of problem at most every 5 s per camera."""
-        key = (camera, re.sub(r"[\d.]+", "#", reason))
+        """Count a malformed message; log each kind of problem at most every 5 s per camera.
+
+        The kind is the reason without numbers and quoted text (which a sender chooses); the
+        table of last log times forgets kinds not seen for 5 s once it holds 64, so hostile
+        input cannot grow it."""
+        key = (camera, re.sub(r"'[^']*'|[\d.]+", "#", reason)[:80])
         now = time.monotonic()
         with self._counts_lock:
-            self._counts[camera].malformed += 1
+            counts = self._counts[camera]
+            counts.malformed += 1
+            counts.last_malformed = reason
             due = now - self._logged.get(key, -math.inf) >= 5.0
             if due:
+                if len(self._logged) >= 64:
+                    self._logged = {k: t for k, t in self._logged.items() if now - t < 5.0}
                 self._logged[key] = now
         if due:
             self.get_logger().warning(
-                f"malformed message on {self._input_topic(camera)}: {reason}")
+                f"malformed message on {counts.subscribed or counts.topic}: {reason}")
 
     def _inference_loop(self, ready: threading.Event) -> None:
         log = self.get_logger()
@@ -538,7 +604,7 @@ class ZoaNode(LifecycleNode):
 
         queued_ms = (time.monotonic() - item.received) * 1e3
         try:
-            frame = conversions.to_array(item.message, item.kind)
+            frame = conversions.to_array(item.message, item.kind, self._max_pixels)
         except MalformedMessage as e:
             engine.note_malformed(1)
             self._malformed(item.camera, str(e))
@@ -572,6 +638,7 @@ class ZoaNode(LifecycleNode):
         engine = self._engine
         log = self.get_logger()
         use_compute_threads(self.p("adaptation.threads"))
+        self._adapt_tid = threading.get_native_id()
         _lower_priority(self.p("adaptation.idle_priority"), self.p("adaptation.thread_nice"),
                         log)
         while not self._stop.is_set():
@@ -587,7 +654,10 @@ class ZoaNode(LifecycleNode):
                 log.error(f"adaptation step failed: {e!r}", throttle_duration_sec=5.0)
                 self._stop.wait(1.0)
                 continue
-            if report is not None:
+            if report is not None and report.rolled_back:
+                log.warning(f"adaptation step undone: {getattr(report.info, 'reason', '')}",
+                            throttle_duration_sec=5.0)
+            elif report is not None:
                 log.debug(f"adaptation step {report.step}: {report.frames} frames, "
                           f"{report.ms:.0f} ms")
                 if report.domain_changed:
@@ -596,26 +666,30 @@ class ZoaNode(LifecycleNode):
 
     # ---- knowledge bank -----------------------------------------------------------------
     def _save_bank(self) -> tuple[bool, str]:
-        engine, path = self._engine, self._bank_path()
+        """Save through the engine: atomic, never over a file that is not a bank, never a
+        non-finite value, only inside knowledge.bank_dir; a failure keeps the running bank and
+        the file there."""
+        engine, (path, why) = self._engine, self._bank_target()
         if engine is None:
             return False, "not configured: no model loaded"
         if path is None:
-            return False, "knowledge.bank_path is empty"
+            return False, f"not saved: {why}"
         try:
             with self._control_lock:
                 engine.save_bank(path, provenance={"writer": self.get_fully_qualified_name()})
         except (ValueError, OSError) as e:
-            return False, f"save to {path} failed: {e}; any previous file is unchanged"
+            return False, (f"save to {path} failed: {e}; any previous file is unchanged and "
+                           "the running bank is kept")
         self._autosave_blocked = ""
         entries = engine.stats().bank_entries
         return True, f"saved {entries} bank entries ({path.stat().st_size} bytes) to {path}"
 
     def _load_bank(self) -> tuple[bool, str]:
-        engine, path = self._engine, self._bank_path()
+        engine, (path, why) = self._engine, self._bank_target()
         if engine is None:
             return False, "not configured: no model loaded"
         if path is None:
-            return False, "knowledge.bank_path is empty"
+            return False, f"not loaded: {why}; the running bank is unchanged"
         if not path.is_file():
             return False, f"no bank file at {path}; the running bank is unchanged"
         try:
@@ -684,8 +758,14 @@ class ZoaNode(LifecycleNode):
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             values[prm.name] = value
+        if "knowledge.bank_path" in values:
+            try:
+                self._bank_path(values["knowledge.bank_path"])
+            except ValueError as e:
+                return SetParametersResult(successful=False, reason=str(e))
         engine = self._engine
         if engine is None:
+            self._max_pixels = int(values.get("max_pixels", self._max_pixels))
             return SetParametersResult(successful=True)
         if "top_k" in values and values["top_k"] > len(engine.labels):
             return SetParametersResult(
@@ -709,6 +789,7 @@ class ZoaNode(LifecycleNode):
             tune(engine, changes["engine"], changes["method"])
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
+        self._max_pixels = int(values.get("max_pixels", self._max_pixels))
         if "adaptation.enabled" in values:
             engine.set_adaptation(bool(values["adaptation.enabled"]))
             self.get_logger().info(
@@ -721,7 +802,8 @@ class ZoaNode(LifecycleNode):
         slots = self._slots.counters()
         with self._counts_lock:
             cameras = {c: CameraCounts(k.topic, k.received, slots[c].dropped, k.malformed,
-                                       k.classified, k.last_received)
+                                       k.classified, k.last_received, k.subscribed,
+                                       k.last_malformed)
                        for c, k in self._counts.items()}
         p50, p99 = self._latency.percentiles(50, 99)
         snap = Snapshot(now=time.monotonic(), state=self._state, error=self._error,
@@ -729,13 +811,15 @@ class ZoaNode(LifecycleNode):
                         latency_p50_ms=p50, latency_p99_ms=p99,
                         inference_errors=self._inference_errors,
                         adaptation_errors=self._adapt_errors,
-                        autosave_blocked=self._autosave_blocked)
+                        autosave_blocked=self._autosave_blocked, threads=self._thread_states())
         if engine is not None:
             stats = engine.stats()
             snap.adaptation_enabled = engine.adapt_enabled
             snap.method = engine.config.method
             snap.adaptation_steps = stats.adapt_steps
             snap.adaptation_skipped = stats.adapt_skipped
+            snap.adaptation_rolled_back = stats.adapt_rolled_back
+            snap.last_rollback = stats.last_rollback
             snap.last_step_ms = stats.last_step_ms
             snap.adaptation_paused_s = stats.adapt_paused_s
             snap.domain_changes = stats.domain_changes
@@ -751,11 +835,25 @@ class ZoaNode(LifecycleNode):
             snap.backend_warning = engine.backend_warning or ""
         return snap
 
+    def _thread_states(self) -> dict[str, bool]:
+        """The streaming threads (while active) and whether each is alive."""
+        if not self._streaming:
+            return {}
+        states = {t.name.removeprefix("zoa_"): t.is_alive() for t in self._threads}
+        inputs = self._inputs
+        if inputs is not None:
+            states["camera_inputs"] = inputs.alive()
+        return states
+
     def _publish_diagnostics(self) -> None:
         thresholds = Thresholds(self.p("diagnostics.stale_input_s"),
                                 self.p("diagnostics.max_latency_ms"))
         self._diag_pub.publish(self._tracker.message(
             self.snapshot(), thresholds, self.get_clock().now().to_msg()))
+
+
+def _expand(text: str) -> str:
+    return os.path.expandvars(os.path.expanduser(text))
 
 
 def spin(executor: MultiThreadedExecutor, node: ZoaNode) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zoa_ros.core.files.config_files import config_path
+from zoa_ros.core.files.images import DEFAULT_MAX_PIXELS
 from zoa_ros.core.runtime.cpus import parse_cpus
 
 
@@ -51,9 +52,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("autostart", True, "configure and activate on start (false: wait for a lifecycle "
          "manager)", read_only=True),
     Spec("pack", "", "model pack (.zoapack from 'zoa-ros calibrate'); empty: build one from "
-         "pack_build.*", read_only=True),
+         "pack_build.* if pack_build.model is set, else the default pack (W8A8 "
+         "EfficientNet-Lite0 calibrated on the photos bundled with scikit-image, built once "
+         "into $ZOA_ROS_CACHE or ~/.ros/zoa_ros)", read_only=True),
     Spec("pack_build.model", "", "timm model to calibrate into a pack when 'pack' is empty "
-         "(empty: configure fails with an error)", read_only=True),
+         "(empty too: the default pack)", read_only=True),
     Spec("pack_build.weights", "random", "weights for pack_build.model: a local checkpoint, "
          "'efficientnet-lite0' or 'random'", read_only=True),
     Spec("pack_build.quant", "w8a8", "quantization of the built pack (bits)", read_only=True,
@@ -91,6 +94,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("transport", "raw", "raw: sensor_msgs/Image on each topic; compressed: "
          "sensor_msgs/CompressedImage on <topic>/compressed", read_only=True,
          choices=("raw", "compressed")),
+    Spec("max_pixels", DEFAULT_MAX_PIXELS, "refuse (count as malformed) frames with more "
+         "pixels, read from the message's width x height or the JPEG/PNG header before "
+         "anything is decoded or allocated; default 8192 x 8192 = 67 Mpx, twice 8K UHD",
+         low=1, high=2**30, constraints="compressed frames above PIL's own limit (179 Mpx) "
+         "are refused whatever this says"),
     Spec("qos.reliability", "best_effort", "input QoS reliability (sensor data: best_effort)",
          read_only=True, choices=("best_effort", "reliable")),
     Spec("qos.depth", 5, "input QoS history depth (the node keeps only the newest frame per "
@@ -156,6 +164,9 @@ SPECS: tuple[Spec, ...] = (
     # ---- knowledge bank -------------------------------------------------------------------
     Spec("knowledge.bank_path", "~/.ros/zoa_ros/knowledge.zoabank", "bank file for autoload, "
          "autosave and the save/load services (~ and $VARS expanded)"),
+    Spec("knowledge.bank_dir", "", "confine bank files to this folder: knowledge.bank_path "
+         "(relative: to this folder) must lie inside it, symlinks followed, or it is refused "
+         "(~ and $VARS expanded); empty: anywhere the node's user may write", read_only=True),
     Spec("knowledge.autoload", True, "load the bank at configure if the file exists"),
     Spec("knowledge.autosave", True, "save the bank on deactivate and shutdown"),
     Spec("reset.keep_bank", True, "~/reset keeps the bank entries (false: empties the "

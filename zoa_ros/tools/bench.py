@@ -4,7 +4,9 @@ the same network), all measured in one run on this machine with the ratios that 
 ``zoa-ros bench node``: end-to-end latency and dropped frames of a live zoa_node next to the
 model's own latency (:mod:`zoa_ros.tools.bench_node`). ``zoa-ros bench preprocess``: resizing
 camera frames for the model, timm's PIL transform against the uint8 tensor path the engine uses
-(:mod:`zoa_ros.tools.bench_preprocess`)."""
+(:mod:`zoa_ros.tools.bench_preprocess`). ``zoa-ros bench fuzz``: hostile camera messages into a
+live zoa_node (:mod:`zoa_ros.tools.bench_fuzz`). ``zoa-ros bench soak``: a long run of a live
+zoa_node, minute by minute (:mod:`zoa_ros.tools.bench_soak`)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.core.runtime.cpus import cpu_flags
-from zoa_ros.tools import bench_node, bench_preprocess
+from zoa_ros.tools import bench_fuzz, bench_node, bench_preprocess, bench_soak
 from zoa_ros.tools.backend_args import BACKEND_HELP
+from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks", description=__doc__)
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     m = bsub.add_parser("model", help="accuracy and speed of model packs", description=__doc__)
-    m.add_argument("--pack", action="append", required=True, help="model pack (repeatable)")
+    add_pack_argument(m, repeatable=True)
     m.add_argument("--data", required=True, help="labelled image folder (labels.csv or wnids)")
     m.add_argument("--labels", help="labels CSV (path,class_index); default DATA/labels.csv")
     m.add_argument("--limit", type=int, help="use only the first N images")
@@ -55,12 +58,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(run=run_model)
     bench_node.add_parser(bsub)
     bench_preprocess.add_parser(bsub)
+    bench_fuzz.add_parser(bsub)
+    bench_soak.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:
     kept = args.keep_freed_memory and keep_freed_memory()
     torch.set_num_threads(args.threads)
     pairs = labelled_images(args.data, args.labels)[: args.limit]
+    args.pack = args.pack or [str(resolve_pack(None))]
     packs = [ModelPack.load(p) for p in args.pack]
     pre = Preprocessor(packs[0].data_config)
     images = [read_rgb(p) for p, _ in tqdm(pairs, desc="reading images")]

@@ -1,4 +1,10 @@
-"""``zoa-ros calibrate``: quantize a model on clean images and write a model pack."""
+"""``zoa-ros calibrate``: quantize a model on clean images and write a model pack.
+
+``--images`` is a folder of image files or a rosbag2 recording (a folder with
+``metadata.yaml``, or one ``.mcap`` / ``.db3`` file): then the frames of its camera topic
+(``--image-topic``, default: its only image topic), evenly spaced over the recording, as for a
+folder's sorted files. Clean frames of the robot's own camera give the pack source statistics of
+that camera (what ZOA aligns adapted features with), instead of those of general photos."""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=RANDOM,
                    help="checkpoint file (.safetensors/.pth), 'efficientnet-lite0' or 'random'")
     p.add_argument("--quant", default="w8a8", choices=sorted(PRESETS))
-    p.add_argument("--images", required=True, help="folder of clean jpg/jpeg/png images")
+    p.add_argument("--images", required=True,
+                   help="folder of clean jpg/jpeg/png images, or a rosbag2 recording")
+    p.add_argument("--image-topic", help="with a recording: its camera topic (default: its "
+                   "only sensor_msgs/Image or CompressedImage topic)")
     p.add_argument("--num-images", type=int, default=32,
                    help="images for the quantizer ranges (evenly spread over the sorted list)")
     p.add_argument("--num-stats-images", type=int, default=1024,
@@ -30,12 +39,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoa_ros.core.data.bags.frames import BagFrames, is_bag
+
     if args.num_images < 1 or args.num_stats_images < 2:
         raise ValueError("--num-images must be >= 1 and --num-stats-images >= 2")
-    images = find_images(args.images)
     spec = ModelSpec(args.model, args.weights, args.num_classes)
-    pack = build_pack(spec, QuantConfig.parse(args.quant), images, num_images=args.num_images,
-                      num_stats_images=args.num_stats_images, labels_file=args.labels)
+    options = {"num_images": args.num_images, "num_stats_images": args.num_stats_images,
+               "labels_file": args.labels}
+    if is_bag(args.images):
+        with BagFrames(args.images, args.image_topic) as frames:
+            source = {"bag": str(args.images), "topic": frames.image_topic,
+                      "frames": len(frames.positions), "malformed": frames.malformed}
+            pack = build_pack(spec, QuantConfig.parse(args.quant), frames.positions,
+                              read=frames.read, source=source, **options)
+    else:
+        if args.image_topic:
+            raise ValueError("--image-topic needs --images to be a rosbag2 recording")
+        pack = build_pack(spec, QuantConfig.parse(args.quant), find_images(args.images),
+                          **options)
     pack.save(args.out)
     print(json.dumps({"pack": args.out, "fingerprint": pack.fingerprint,
                       "calibration": pack.calibration}, indent=2))

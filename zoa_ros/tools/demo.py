@@ -1,7 +1,8 @@
 """``zoa-ros demo``: the main job on the embedded default.
 
-``zoa_node`` runs as its own process (default config, W8A8 EfficientNet-Lite0 with the ImageNet
-weights of the efficientnet-lite0 pip package) while a virtual camera publishes real photos
+``zoa_node`` runs as its own process (default config, the default pack: W8A8 EfficientNet-Lite0
+with the ImageNet weights of the efficientnet-lite0 pip package, built once into the user's
+cache, :mod:`zoa_ros.core.model.default_pack`) while a virtual camera publishes real photos
 bundled with scikit-image at 15 Hz (640x480 rgb8) through a schedule of domains: clean, then
 corruptions, then clean again. A console table shows per domain the frames, how often the node
 agrees with its own clean-frame prediction of the same photo, adaptation steps, bank entries and
@@ -23,20 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from zoa_ros.core.data.sample_photos import PHOTOS, load_photo, write_photos
-from zoa_ros.core.model.calibration import build_pack
-from zoa_ros.core.model.factory import ModelSpec
-from zoa_ros.core.model.pack import ModelPack, PackError
-from zoa_ros.core.quant import QuantConfig
+from zoa_ros.core.files.sample_photos import PHOTOS, load_photo, write_photos
+from zoa_ros.tools.packs import resolve_pack
 
-MODEL = ModelSpec("tf_efficientnet_lite0", "efficientnet-lite0")
 SCHEDULE = "clean:10,gaussian_noise:14,fog:14,contrast:12,clean:8"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="node + virtual camera through changing domains",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="out/demo", help="folder for photos, pack, bank and logs")
+    p.add_argument("--out", default="out/demo", help="folder for photos, bank and logs")
     p.add_argument("--quant", default="w8a8", choices=("none", "w8a8", "w6a6", "w4a4"))
     p.add_argument("--schedule", default=SCHEDULE, help="DOMAIN:SECONDS,... (default %(default)s)")
     p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
@@ -49,26 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    pack_path = out / f"efficientnet_lite0_{args.quant}.zoapack"
-    photos = write_photos(out / "photos")
-    _ensure_pack(pack_path, photos, args.quant)
+    pack_path = resolve_pack(None, args.quant)
     if args.photos_only:
+        photos = write_photos(out / "photos")
         from zoa_ros.tools import classify
         return classify.run(argparse.Namespace(pack=str(pack_path), json=False, top_k=5,
+                                               max_pixels=classify.DEFAULT_MAX_PIXELS,
                                                images=[str(p) for p in photos]))
     return _live(args, out, pack_path)
-
-
-def _ensure_pack(path: Path, photos: list[Path], quant: str) -> None:
-    if path.exists():
-        try:
-            ModelPack.load(path).build_model()
-            return
-        except PackError as e:
-            print(f"rebuilding {path}: {e}")
-    print(f"calibrating {MODEL.name} {quant} on {len(photos)} bundled photos ...", flush=True)
-    build_pack(MODEL, QuantConfig.parse(quant), photos, num_images=len(photos),
-               progress=False).save(path)
 
 
 def _live(args: argparse.Namespace, out: Path, pack_path: Path) -> int:

@@ -29,6 +29,7 @@ from zoa_ros.tools.evaluation_cli import (
     parse_method_config,
     run_evaluation,
 )
+from zoa_ros.tools.packs import resolve_pack
 
 __all__ = ["add_parser", "build_stream", "evaluate", "parse_method_config", "run"]
 
@@ -74,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--rounds, --batch-size and --limit must be >= 1")
+    args.pack = str(resolve_pack(args.pack))
     pack = ModelPack.load(args.pack)
     parse_method_config(args.method_config, args.methods)  # fail before reading the data
     check_bank_arguments(args, pack)

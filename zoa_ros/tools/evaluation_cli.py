@@ -16,12 +16,13 @@ from zoa_ros.core.eval.evaluation import evaluate
 from zoa_ros.core.files.atomic import atomic_write_bytes
 from zoa_ros.core.model.pack import ModelPack, library_versions
 from zoa_ros.tools.backend_args import add_backend_arguments
+from zoa_ros.tools.packs import add_pack_argument
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """--pack, --batch-size, --mode, --methods, --seed, --method-config, --device, --backend,
     --int8-model."""
-    p.add_argument("--pack", required=True, help="model pack file")
+    add_pack_argument(p)
     p.add_argument("--batch-size", type=int, default=64,
                    help="frames per adaptation step (batch mode: also per classified batch)")
     p.add_argument("--mode", choices=MODES, default="batch",

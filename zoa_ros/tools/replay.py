@@ -39,6 +39,7 @@ from zoa_ros.tools.evaluation_cli import (
     run_evaluation,
     write_outputs,
 )
+from zoa_ros.tools.packs import resolve_pack
 
 DEFAULT_METHODS = ["none", "zoa"]
 
@@ -99,6 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
+    args.pack = str(resolve_pack(args.pack))
     if args.live:
         return _run_live(args)
     if args.node_running or args.node_param:

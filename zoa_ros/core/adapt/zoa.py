@@ -72,6 +72,7 @@ from zoa_ros.core.adapt.taps import EarlyStats, ForwardRecord, ThreadSafeExtract
 from zoa_ros.core.model.factory import model_family
 from zoa_ros.core.model.features import Features
 from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.runtime.prediction_first import StepAborted
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,19 @@ class StepInfo:
     removed_entry: int | None = None
     forwards: int = 0
     reused_forward: bool = False
+    rolled_back: bool = False           # a non-finite loss or parameters: the step was undone
+
+
+@dataclass(frozen=True)
+class _Undo:
+    """What a step may change besides the published set, to put back when it is rolled back."""
+
+    similarity: torch.Tensor
+    origins: list
+    domain_changes: int
+    domain_id: int
+    detector: tuple
+    momentum: torch.Tensor | None
 
 
 class ZOA(AdaptMethod):
@@ -380,7 +394,22 @@ class ZOA(AdaptMethod):
             log.debug("adaptation skipped: %s", info.reason)
             self.last_step = info
             return info
-        params = self.store.published
+        before = self.store.published
+        undo = _Undo(self.similarity, list(self._origins), self._domain_changes, self._domain_id,
+                     (self.detector.mean, self.detector.var), self._momentum_buffer)
+        try:
+            return self._update(x, rec, before, undo, forwards, reused)
+        except StepAborted:   # at a layer of the probe forward: nothing may stay half done
+            self._restore(before, undo)
+            raise
+
+    def _update(self, x: torch.Tensor, rec: ForwardRecord, params: ParamSet, undo: _Undo,
+                forwards: int, reused: bool) -> StepInfo:
+        """The step proper on ``rec`` (the unperturbed forward of ``x``) from ``params``: detection,
+        the probe forward, the update, and its publication or roll-back."""
+        cfg = self.cfg
+        batch = rec.batch_size
+        before = params
         changed, divergence, skipped, removed = False, None, False, None
         if cfg.detect and rec.early is not None:
             det = self.detector.observe(rec.early.mean.to(self.device),
@@ -423,17 +452,39 @@ class ZOA(AdaptMethod):
                 h = params.shift_h
                 updates["shift_h"] = g_last if h is None else \
                     (1 - cfg.shift_momentum) * h + cfg.shift_momentum * g_last
+        new = params.replace(**updates, version=params.version + 1)
+        problem = (f"non-finite loss (L0 {l0}, L+ {lp})" if not finite
+                   else _non_finite_parameters(new))
+        if problem:
+            info = self._roll_back(before, undo, problem, l0, lp, forwards, reused)
+            self.last_step = info
+            return info
         # Predictions in other threads may have folded frames into the statistics meanwhile.
-        self.store.publish(params.replace(**updates, version=params.version + 1),
-                           keep_stats="bn_stats" not in updates)
-        if not finite:
-            log.warning("non-finite ZOA loss (L0 %s, L+ %s): step skipped", l0, lp)
-        else:
-            self._count(adapt_steps=1, frames_adapted=batch)
-        info = StepInfo(finite, "" if finite else "non-finite loss", l0, lp, changed,
-                        divergence, skipped, removed, forwards, reused)
+        self.store.publish(new, keep_stats="bn_stats" not in updates)
+        self._count(adapt_steps=1, frames_adapted=batch)
+        info = StepInfo(True, "", l0, lp, changed, divergence, skipped, removed, forwards,
+                        reused)
         self.last_step = info
         return info
+
+    def _roll_back(self, before: ParamSet, undo: _Undo, problem: str, l0: float, lp: float,
+                   forwards: int, reused: bool) -> StepInfo:
+        """Undo a step that left something non-finite (:meth:`_restore`) and say so."""
+        self._restore(before, undo)
+        log.warning("ZOA step rolled back: %s", problem)
+        return StepInfo(False, f"rolled back: {problem}", l0, lp, forwards=forwards,
+                        reused_forward=reused, rolled_back=True)
+
+    def _restore(self, before: ParamSet, undo: _Undo) -> None:
+        """The parameters, the bank, the detector and the counters as they were before a step
+        (frames folded into the running statistics meanwhile stay), published as a new
+        version."""
+        self.similarity, self._origins = undo.similarity, undo.origins
+        self._domain_changes, self._domain_id = undo.domain_changes, undo.domain_id
+        self.detector.mean, self.detector.var = undo.detector
+        self._momentum_buffer = undo.momentum
+        self.store.publish(before.replace(version=self.store.published.version + 1),
+                           keep_stats=True)
 
     def _save_domain(self, params: ParamSet) -> tuple[ParamSet, int | None]:
         """Bank the current knowledge (outputs unchanged), clear the shift history."""
@@ -584,6 +635,16 @@ class ZOA(AdaptMethod):
             shift_h=None if state.shift_h is None else state.shift_h.float().to(dev),
             bn_stats=self._initial.bn_stats if source_bn else
             tuple((m.float().to(dev), v.float().to(dev)) for m, v in state.bn_stats))
+
+
+def _non_finite_parameters(params: ParamSet) -> str:
+    """What in ``params`` is not finite ("" when all of it is)."""
+    named = {"eps": params.eps, "alpha": params.alpha, "bank": params.bank,
+             "shift_h": params.shift_h}
+    for i, (mean, var) in enumerate(params.bn_stats):
+        named[f"bn_stats[{i}].mean"], named[f"bn_stats[{i}].var"] = mean, var
+    bad = [name for name, t in named.items() if t is not None and not torch.isfinite(t).all()]
+    return f"non-finite parameters ({', '.join(bad)})" if bad else ""
 
 
 def _check_tensors(expect: dict[str, tuple[torch.Tensor, tuple[int, ...]]],

@@ -13,9 +13,11 @@ strings of the file (``provenance``), per-entry provenance (``entry_provenance``
 the key is additive, so the format version stays 1 and older readers still read new files;
 the ``recall.*`` tensors are additive in the same way (absent: an empty memory).
 An empty ``bn_layers`` list on a BatchNorm model (a merged bank) means "start from the pack's
-source statistics". Saving is atomic (the old file survives until the new one is complete).
-Loading parses and validates everything into a new object before swapping it into the method,
-so a refused file leaves the running bank exactly as it was.
+source statistics". Saving is atomic (the old file survives until the new one is complete),
+never replaces a file that is not a bank (:func:`check_replaceable`: a mistyped or malicious
+path cannot overwrite another file), and never writes a non-finite value. Loading parses and
+validates everything (non-finite values refused) into a new object before swapping it into the
+method, so a refused file leaves the running bank exactly as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -46,6 +49,9 @@ def encode(state: BankState, pack_fingerprint: str,
     """The file content for ``state`` (see module docstring). Entries stored during this run
     (pending origins) are labelled with ``provenance`` and ``source`` (the file's path)."""
     tensors = state.tensors()
+    bad = non_finite(tensors)
+    if bad:
+        raise BankError(f"bank tensor(s) {bad} hold non-finite values; not saved")
     origins = [None if o is None else o.labelled(provenance or {}, source).to_json()
                for o in state.entry_origins()]
     meta = {
@@ -89,6 +95,10 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
     missing = [k for k in ("eps", "alpha", "entries", "similarity") if k not in tensors]
     if missing:
         raise BankError(f"{name}: bank lacks tensors {missing}")
+    bad = non_finite(tensors)
+    if bad:
+        raise BankError(f"{name}: bank tensor(s) {bad} hold non-finite values (NaN or "
+                        "infinity); restore it from a backup or start with an empty bank")
     bn = meta.get("bn_layers", [])
     recall = "recall.key_mean" in tensors     # a statistics memory (stats_recall) is stored
     try:
@@ -113,6 +123,45 @@ def decode(data: bytes, name: str = "<bank>") -> tuple[BankState, dict]:
     return state, meta
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(k for k, t in tensors.items()
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+
+
+_MAX_HEADER = 100 << 20   # a bank's JSON header is a few KB; anything near this is not one
+
+
+def check_replaceable(path: str | Path) -> None:
+    """:class:`BankError` unless ``path`` is free or holds a zoa_ros knowledge bank (of any
+    pack, its tensors not read): a save replaces nothing else. Only the file's header is read;
+    anything but a regular file (a folder, a device, a pipe) is refused unread."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    why = "not a regular file" if not path.is_file() else _not_a_bank(path)
+    if why:
+        raise BankError(f"{path} exists and is not a zoa_ros knowledge bank ({why}); refusing "
+                        "to replace it: remove it or choose another bank path")
+
+
+def _not_a_bank(path: Path) -> str:
+    """Why the file at ``path`` is not a bank by its header ("" when it is one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = int.from_bytes(head, "little")
+            if len(head) < 8 or size > _MAX_HEADER:
+                return "no safetensors header"
+            header = json.loads(f.read(size))
+        meta = json.loads(header.get("__metadata__", {}).get(_META_KEY) or "null")
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        return f"unreadable header: {type(e).__name__}"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return "no zoa_ros bank metadata"
+    return ""
+
+
 def _origins(items: object) -> tuple[EntryOrigin | None, ...]:
     """Parse ``entry_provenance`` (absent in older files: every entry unknown)."""
     if items is None:
@@ -131,9 +180,11 @@ def read(path: str | Path) -> tuple[BankState, dict]:
 
 def save(path: str | Path, method: object, pack: ModelPack,
          provenance: dict[str, str] | None = None) -> None:
-    """Write ``method``'s bank to ``path`` atomically."""
+    """Write ``method``'s bank to ``path`` atomically; :class:`BankError` (and nothing written)
+    if a file that is not a bank is there or the bank holds a non-finite value."""
     if not hasattr(method, "export_bank"):
         raise BankError(f"method {getattr(method, 'name', method)!r} has no knowledge bank")
+    check_replaceable(path)
     atomic_write_bytes(path, encode(method.export_bank(), pack.fingerprint, provenance,
                                     source=str(path)))
 

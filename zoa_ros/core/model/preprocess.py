@@ -23,6 +23,11 @@ from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
 _TENSOR_MODES = {T.InterpolationMode.BILINEAR: "bilinear", T.InterpolationMode.BICUBIC: "bicubic"}
+# The longest side may be at most this many times the shortest. The eval transform resizes the
+# shorter side to ~256 pixels before it crops, so a 1 x 65535 frame (a few KB) would be resized
+# to 256 x 16.8 M pixels (12.9 GB) first; at 64:1 the resize holds at most 12.6 MB, and the
+# widest real cameras (32:9, stitched 360-degree panoramas at ~10:1) are far inside it.
+MAX_ASPECT = 64
 
 
 class Preprocessor:
@@ -124,15 +129,26 @@ def resized_size(hw: Sequence[int], size: int | Sequence[int], max_size: int | N
     return (new_short, new_long) if h <= w else (new_long, new_short)
 
 
+def check_aspect(height: int, width: int) -> None:
+    """ValueError when the longer side exceeds :data:`MAX_ASPECT` times the shorter."""
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise ValueError(f"aspect ratio of {width}x{height} beyond {MAX_ASPECT}:1 (resizing it "
+                         "for the model would take too much memory)")
+
+
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """uint8 HxWx3 RGB from PIL or a uint8 array (HxW grey, HxWx3 RGB, HxWx4 RGBA)."""
+    """uint8 HxWx3 RGB from PIL or a uint8 array (HxW grey, HxWx3 RGB, HxWx4 RGBA); a
+    ValueError for anything else, an empty image or one beyond :data:`MAX_ASPECT`."""
     if isinstance(image, Image.Image):
+        check_aspect(image.height, image.width)
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {array.dtype}")
     if array.ndim >= 2 and 0 in array.shape[:2]:
         raise ValueError(f"empty image of shape {array.shape}")
+    if array.ndim >= 2:
+        check_aspect(*array.shape[:2])
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim == 3 and array.shape[2] in (3, 4):

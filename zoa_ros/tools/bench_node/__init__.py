@@ -55,8 +55,6 @@ is the transport floor any Python node pays here, printed next to the time the n
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,13 +62,14 @@ from typing import Any
 from zoa_ros.tools.bench_node.alongside import frames_at
 from zoa_ros.tools.bench_node.report import format_report
 from zoa_ros.tools.bench_node.session import Bench
+from zoa_ros.tools.live_graph import add_live_arguments, isolated_graph, write_json
+from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("node", help="end-to-end latency and drops of a live zoa_node",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pack", help="model pack; default: the demo's W8A8 EfficientNet-Lite0 "
-                   "(built in --out on first use)")
+    add_pack_argument(p)
     p.add_argument("--quant", default="w8a8", choices=("none", "w8a8", "w6a6", "w4a4"),
                    help="quantization of the default pack (without --pack)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per condition")
@@ -92,12 +91,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
                    help="the node's inference.backend (and the model measured beside it); "
                         "default: config/zoa.yaml's")
-    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
-                   help="extra zoa_node parameter (repeatable; default: the shipped config)")
-    p.add_argument("--domain-id", type=int, default=201 + os.getpid() % 31,
-                   help="ROS_DOMAIN_ID of the isolated local graph (default %(default)s)")
-    p.add_argument("--out", default="out/bench_node", help="folder for logs and the default pack")
-    p.add_argument("--json", help="also write the results here")
+    add_live_arguments(p, "out/bench_node", 201)
     p.set_defaults(run=run)
 
 
@@ -112,42 +106,19 @@ def run(args: argparse.Namespace) -> int:
                          "--model-runs >= blocks + 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pack_path = Path(args.pack) if args.pack else _default_pack(out, args.quant)
+    pack_path = resolve_pack(args.pack, args.quant)
     if not pack_path.is_file():
         raise FileNotFoundError(f"no such pack: {pack_path}")
     frames = {size: frames_at(args.frames_source, size) for size in sizes}
-
-    from zoa_ros.ros import params
-    from zoa_ros.ros.node_process import ros_env
-
-    env = ros_env(domain_id=args.domain_id, ros_home=(out / "ros").resolve())
-    params.use_default_fastdds_profile(env)
-    os.environ.update(env)   # this process joins the same isolated graph
-    import rclpy
-
-    rclpy.init()
-    try:
-        report = Bench(args, out, pack_path.resolve(), frames, extra, env).run()
-    except RuntimeError as e:
-        print(f"zoa-ros bench node: {e}")
-        return 1
-    finally:
-        rclpy.try_shutdown()
+    with isolated_graph(out, args.domain_id) as env:
+        try:
+            report = Bench(args, out, pack_path.resolve(), frames, extra, env).run()
+        except RuntimeError as e:
+            print(f"zoa-ros bench node: {e}")
+            return 1
     print(format_report(report), flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
-
-
-def _default_pack(out: Path, quant: str) -> Path:
-    """The demo's default pack (W8A8 EfficientNet-Lite0, pip-packaged weights), built once."""
-    from zoa_ros.core.data.sample_photos import write_photos
-    from zoa_ros.tools.demo import _ensure_pack
-
-    path = out / f"efficientnet_lite0_{quant}.zoapack"
-    _ensure_pack(path, write_photos(out / "photos"), quant)
-    return path
 
 
 def parse_sizes(spec: str) -> list[tuple[int, int]]:

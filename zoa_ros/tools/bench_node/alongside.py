@@ -124,7 +124,7 @@ def frames_at(source: str, size: tuple[int, int]) -> list[np.ndarray]:
     from zoa_ros.ros.virtual_camera import render_frames
 
     if source == "photos":
-        from zoa_ros.core.data.sample_photos import PHOTOS, load_photo
+        from zoa_ros.core.files.sample_photos import PHOTOS, load_photo
         images = [load_photo(n) for n in PHOTOS]
     else:
         from zoa_ros.core.files.images import find_images, read_rgb

@@ -131,7 +131,7 @@ class BagStream(FrameStream):
             for planned in self._segments:
                 frames, labels = [], []
                 for frame in planned.frames:
-                    msg = _seek(stream, frame.position, self.path)
+                    msg = seek(stream, frame.position, self.path)
                     try:
                         image = self._decode(reader.deserialize(msg.rawdata, msg.msgtype))
                     except MalformedMessage as e:
@@ -253,7 +253,7 @@ class BagStream(FrameStream):
         return image
 
 
-def _seek(stream: Iterator[tuple[int, RawMessage]], position: int, path: Path) -> RawMessage:
+def seek(stream: Iterator[tuple[int, RawMessage]], position: int, path: Path) -> RawMessage:
     """The message at ``position`` of an enumerated message iterator."""
     for at, msg in stream:
         if at == position:

@@ -1,10 +1,12 @@
-"""Real photographs that ship with scikit-image, for the demo and the tests (no downloads)."""
+"""Real photographs that ship with scikit-image (no downloads): what the default model pack is
+calibrated on, and what the demo's camera and the tests show."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import skimage
 import skimage.data
 from PIL import Image
 
@@ -20,6 +22,12 @@ def load_photo(name: str) -> np.ndarray:
     if name not in PHOTOS:
         raise KeyError(f"unknown sample photo {name!r}; choose from {PHOTOS}")
     return getattr(skimage.data, name)()
+
+
+def photo_set(names: tuple[str, ...] = PHOTOS) -> dict:
+    """What identifies the photos ``names``: their names and the scikit-image release they
+    ship in."""
+    return {"names": list(names), "scikit_image": skimage.__version__}
 
 
 def write_photos(folder: str | Path, names: tuple[str, ...] = PHOTOS) -> list[Path]:

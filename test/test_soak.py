@@ -1,0 +1,35 @@
+"""``zoa-ros bench soak`` end to end, briefly: a real node at 30 Hz with adaptation on for 15
+seconds, a bank save, the per-minute row and the targets. The hour-long run is in
+docs/lab/robustness.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = str(Path(sys.executable).with_name("zoa-ros"))
+
+
+def test_a_short_soak_reports_every_minute_and_its_targets(make_pack, tmp_path: Path) -> None:
+    _, pack = make_pack("test_resnet", "w8a8")
+    out = tmp_path / "soak.json"
+    run = subprocess.run(
+        [CLI, "bench", "soak", "--pack", str(pack), "--minutes", "0.25", "--warmup", "2",
+         "--size", "320x240", "--schedule", "clean:4,gaussian_noise:4", "--save-every", "1",
+         "--domain-id", str(30 + os.getpid() % 29),
+         "--out", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.is_file(), run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["minutes"]
+    assert 350 <= row["sent"] <= 460 and row["answered"] > 0 and row["node_alive"]
+    assert row["e2e_p99_ms"] >= row["e2e_p50_ms"] > 0 and row["rss_mb"] > 0
+    assert row["threads_alive"] == "inference, adaptation, camera_inputs"
+    assert row["threads_stopped"] == "" and row["adaptation_steps"] > 0
+    assert report["saves"][0]["ok"] and report["exit_code"] == 0
+    assert set(report["targets"]) >= {"no thread lost", "clean exit", "every save succeeded"}
+    assert report["targets"]["no thread lost"] and report["targets"]["clean exit"]
+    assert "node threads alive" in run.stdout and "3/3" in run.stdout
