@@ -9,8 +9,8 @@ import sys
 
 # Subcommands, in the order --help lists them; each is the module zoa_ros.tools.<name> with
 # dashes as underscores.
-COMMANDS = ("calibrate", "classify", "info", "evaluate", "report", "make-bag", "replay", "bank",
-            "bench", "demo", "node")
+COMMANDS = ("calibrate", "classify", "info", "evaluate", "report", "make-bag", "replay", "fleet",
+            "bank", "bench", "demo", "node")
 
 
 def build_parser() -> argparse.ArgumentParser:
