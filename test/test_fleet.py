@@ -288,7 +288,11 @@ def pool_run(fleet_bags, tmp_path_factory) -> dict:
     """The fleet on the local process pool, interrupted (SIGINT, as Ctrl-C sends to the whole
     process group) once its first result is stored, then run again to the end."""
     out = tmp_path_factory.mktemp("pool") / "out"
-    argv = [sys.executable, "-m", "zoa_ros.tools.cli", *map(str, fleet_argv(fleet_bags, out))]
+    # Ctrl-C in a terminal: SIGINT raises KeyboardInterrupt, also where this test runs in a
+    # background job (which starts with SIGINT ignored, inherited by its children)
+    launch = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from zoa_ros.tools.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = [sys.executable, "-c", launch, *map(str, fleet_argv(fleet_bags, out))]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
     deadline = time.monotonic() + 240

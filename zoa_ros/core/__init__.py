@@ -11,5 +11,5 @@ Rooms, lowest first; a room imports only from rooms before it (``test/test_layou
 * ``adapt``: the test-time adaptation methods (ZOA and baselines).
 * ``bank``: knowledge bank files and fleet merges.
 * ``engine`` (with ``controls``): classify, buffer, adapt, count costs.
-* ``eval``: the continual benchmark and live replay scoring.
+* ``eval``: the continual benchmark, live replay scoring, and fleet replay's plan and summary.
 """

@@ -2,7 +2,9 @@
 all measured in one run on this machine. ``zoa-ros bench node``: end-to-end latency and dropped
 frames of a live zoa_node next to the model's own latency (:mod:`zoa_ros.tools.bench_node`).
 ``zoa-ros bench preprocess``: resizing camera frames for the model, timm's PIL transform against
-the uint8 tensor path the engine uses (:mod:`zoa_ros.tools.bench_preprocess`)."""
+the uint8 tensor path the engine uses (:mod:`zoa_ros.tools.bench_preprocess`). ``zoa-ros bench
+fleet``: ``zoa-ros fleet`` on the local process pool against Ray
+(:mod:`zoa_ros.tools.fleet.bench`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.tools import bench_node, bench_preprocess
+from zoa_ros.tools.fleet import bench as bench_fleet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(run=run_model)
     bench_node.add_parser(bsub)
     bench_preprocess.add_parser(bsub)
+    bench_fleet.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:

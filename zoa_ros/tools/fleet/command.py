@@ -89,10 +89,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--workers", type=int,
                        help="local processes (with --ray and no cluster to join: the CPUs of "
                             "the local Ray instance)")
-    where.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
+    where.add_argument("--ray", nargs="?", const="auto", metavar="auto|local|ADDRESS",
                        help="run on Ray: 'auto' joins this machine's cluster (RAY_ADDRESS, "
-                            "'ray start') or starts a local one; ADDRESS joins that cluster "
-                            "(HOST:6379 or ray://HOST:10001)")
+                            "'ray start') or starts a local one; 'local' always starts a local "
+                            "one; ADDRESS joins that cluster (HOST:6379 or ray://HOST:10001)")
     where.add_argument("--task-cpus", type=int, default=1,
                        help="CPUs (torch threads) per replay (default %(default)s)")
     where.add_argument("--task-memory-mb", type=int,

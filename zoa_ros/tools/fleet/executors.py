@@ -12,8 +12,9 @@ runner's (once); Ray's own task retries are off, so every failure is seen and co
   loaded between its jobs. A worker that dies (killed, out of memory) breaks the pool:
   :meth:`LocalPool.restart` starts a new one for the jobs still to run.
 * :class:`RayExecutor`: ``--ray auto`` joins the cluster this machine belongs to (``RAY_ADDRESS``
-  or one started with ``ray start``) and otherwise starts a local Ray instance; ``--ray ADDRESS``
-  joins that cluster (``HOST:6379``, or ``ray://HOST:10001`` through Ray Client). The pack goes
+  or one started with ``ray start``) and otherwise starts a local Ray instance; ``--ray local``
+  always starts a local instance of its own; ``--ray ADDRESS`` joins that cluster
+  (``HOST:6379``, or ``ray://HOST:10001`` through Ray Client). The pack goes
   into Ray's object store once; every task asks for ``job.threads`` CPUs and ``job.memory_mb``
   of memory, so Ray places as many on a node as it can hold. Bags are opened by the node that
   runs the task, at the path the job names.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 
@@ -105,8 +107,10 @@ class RayExecutor:
         self.address, self.fingerprint, self.task_cpus = address, fingerprint, task_cpus
         self.started_local = False
         self._owns = not ray.is_initialized()
+        start = time.perf_counter()
         if self._owns:
             self._connect(address, local_cpus)
+        self.init_s = time.perf_counter() - start
         self._pack = ray.put(pack_bytes)
         self._run = ray.remote(run_job)
         self._refs: dict[Future, object] = {}
@@ -115,6 +119,10 @@ class RayExecutor:
         ray = self._ray
         quiet = {"include_dashboard": False, "log_to_driver": False,
                  "logging_level": logging.WARNING}
+        if address == "local":
+            ray.init(address="local", num_cpus=local_cpus, **quiet)
+            self.started_local = True
+            return
         if address != "auto":
             ray.init(address=address, **quiet)
             return
@@ -151,7 +159,8 @@ class RayExecutor:
         resources = self._ray.cluster_resources()
         nodes = [n for n in self._ray.nodes() if n.get("Alive")]
         return {"executor": self.kind, "address": self.address,
-                "started_local_instance": self.started_local, "nodes": len(nodes),
+                "started_local_instance": self.started_local, "init_s": self.init_s,
+                "nodes": len(nodes),
                 "cluster_cpus": resources.get("CPU", 0),
                 "cluster_memory_mb": int(resources.get("memory", 0) // MIB)}
 

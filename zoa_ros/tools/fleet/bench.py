@@ -1,0 +1,171 @@
+"""``zoa-ros bench fleet``: the same fleet of short recordings replayed by ``zoa-ros fleet`` on
+the local process pool and on a local Ray instance with as many CPUs, in one run: the
+scheduler's overhead against the pool and the throughput in frames per second per CPU.
+
+The bags (``--bags`` of ``--frames`` frames, made with ``zoa-ros make-bag`` from the photos
+bundled with scikit-image, or ``--data``; one domain per bag, cycling through clean and four
+corruptions) are made once into OUT/bags and reused. Then, ``--repeat`` times, pool and Ray
+alternate, each into a fresh results folder (nothing reused from an earlier run) with
+``--workers`` single-CPU replays at a time. Two wall times per run:
+
+* end to end: the whole ``zoa-ros fleet`` command (hashing the bags, measuring the cost of a
+  replay in a fresh worker, starting the workers and their imports, every replay, the report)
+  less the time ``ray.init`` took to start the local Ray instance, which is reported apart (a
+  real cluster is already running);
+* replays: the fleet phase from its first submitted replay to its last result (``run.phases``
+  of fleet.json). The pool's workers come from a forkserver that imported torch during the cost
+  measurement; Ray's workers import it at their first replay, inside this time.
+
+Overhead = (Ray's wall time - the pool's) / Ray's wall time, on the medians over the repeats.
+The per-bag numbers of the two runs are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from zoa_ros.core.data.sample_photos import write_photos
+from zoa_ros.core.model.pack import ModelPack
+
+DOMAINS = ("clean", "gaussian_noise", "contrast", "brightness", "jpeg_compression")
+EXECUTORS = ("pool", "ray")
+NUMBERS = ("frames", "correct", "agreement", "entropy")   # per method and domain, compared
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fleet", help="zoa-ros fleet on the process pool vs Ray: scheduler "
+                       "overhead and frames/s per CPU", description=__doc__)
+    p.add_argument("--pack", required=True, help="model pack")
+    p.add_argument("--bags", type=int, default=200, help="recordings (default %(default)s)")
+    p.add_argument("--frames", type=int, default=16, help="frames per recording")
+    p.add_argument("--methods", default="none",
+                   help="methods replayed (default %(default)s; 'none' always runs)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2,
+                   help="replays at a time, one CPU each: pool processes and Ray CPUs")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="pool and Ray runs, alternating (0: only make the bags)")
+    p.add_argument("--data", help="labelled image folder for the bags (default: the photos "
+                                  "bundled with scikit-image, unlabelled)")
+    p.add_argument("--out", required=True, help="folder for the bags, results and bench.json")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from zoa_ros.tools.cli import main
+
+    if min(args.bags, args.frames, args.workers, args.batch_size) < 1 or args.repeat < 0:
+        raise ValueError("--bags, --frames, --workers and --batch-size must be >= 1, "
+                         "--repeat >= 0")
+    out = Path(args.out)
+    bags = make_bags(out / "bags", args, main)
+    if not args.repeat:
+        return 0
+    runs = []
+    for repeat in range(args.repeat):
+        for executor in EXECUTORS:
+            folder = out / f"{executor}{repeat}"
+            shutil.rmtree(folder, ignore_errors=True)
+            argv = ["fleet", str(bags), "--pack", args.pack, "--methods", args.methods,
+                    "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                    "--out", str(folder), *(["--ray", "local"] if executor == "ray" else [])]
+            print(f"bench fleet: {executor} run {repeat + 1} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = main(argv)
+            if code != 0:
+                raise RuntimeError(f"zoa-ros {' '.join(argv)} exited with {code}")
+            fleet = json.loads((folder / "fleet.json").read_text())
+            phase = fleet["run"]["phases"][0]
+            init = fleet["run"].get("init_s") or 0.0
+            runs.append({"executor": executor, "repeat": repeat, "folder": str(folder),
+                         "end_to_end_s": time.perf_counter() - start - init,
+                         "ray_init_s": init, **phase,
+                         "numbers": per_bag_numbers(fleet, folder)})
+    report = summarize(runs, args)
+    (out / "bench.json").write_text(json.dumps(report, indent=1))
+    print_report(report)
+    return 0
+
+
+def make_bags(folder: Path, args: argparse.Namespace, main) -> Path:
+    """``--bags`` recordings made with ``zoa-ros make-bag`` (kept and reused)."""
+    size = ModelPack.load(args.pack).data_config["input_size"]
+    data = ["--data", args.data] if args.data else \
+        ["--data", str(write_photos(folder.parent / "photos")[0].parent), "--no-labels"]
+    made = 0
+    for i in range(args.bags):
+        bag = folder / f"bag{i:04d}"
+        if (bag / "metadata.yaml").is_file():
+            continue
+        argv = ["make-bag", *data, "--schedule", f"{DOMAINS[i % len(DOMAINS)]}:{args.frames}",
+                "--seed", str(i), "--resize", f"{size[2]}x{size[1]}", "--out", str(bag)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            if main(argv) != 0:
+                raise RuntimeError(f"zoa-ros {' '.join(argv)} failed")
+        made += 1
+    print(f"bench fleet: {args.bags} bags in {folder} ({made} made now)", file=sys.stderr)
+    return folder
+
+
+def per_bag_numbers(fleet: dict, folder: Path) -> dict[str, list]:
+    """Per bag: each method's per-domain numbers that do not depend on timing."""
+    out = {}
+    for record in fleet["records"]:
+        result = json.loads((folder / "results" / f"{record['key']}.json").read_text())
+        out[record["bag"]] = [[name, [[d.get(k) for k in NUMBERS] for d in run["domains"]]]
+                              for name, run in result["methods"].items()]
+    return out
+
+
+def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
+    by = {e: [r for r in runs if r["executor"] == e] for e in EXECUTORS}
+
+    def median(key: str) -> dict[str, float]:
+        return {e: statistics.median(r[key] for r in rs) for e, rs in by.items()}
+
+    wall, end, fps = median("wall_s"), median("end_to_end_s"), median("frames_per_s_per_cpu")
+    same = sum(by["pool"][0]["numbers"][bag] == by["ray"][0]["numbers"].get(bag)
+               for bag in by["pool"][0]["numbers"])
+    return {
+        "bags": args.bags, "frames_per_bag": args.frames, "methods": args.methods,
+        "workers": args.workers, "repeat": args.repeat, "pack": args.pack,
+        "runs": [{k: v for k, v in r.items() if k != "numbers"} for r in runs],
+        "wall_s": wall, "end_to_end_s": end, "frames_per_s_per_cpu": fps,
+        "ray_over_pool": {"end_to_end": end["ray"] / end["pool"],
+                          "replays": wall["ray"] / wall["pool"]},
+        "overhead": {"end_to_end": (end["ray"] - end["pool"]) / end["ray"],
+                     "replays": (wall["ray"] - wall["pool"]) / wall["ray"]},
+        "ray_init_s": statistics.median(r["ray_init_s"] for r in by["ray"]),
+        "identical_bags": same, "compared_bags": len(by["pool"][0]["numbers"]),
+    }
+
+
+def print_report(report: dict) -> None:
+    print(f"{'executor':9s} {'run':>3s} {'bags':>5s} {'frames':>7s} {'end to end s':>13s} "
+          f"{'replays s':>10s} {'busy %':>7s} {'frames/s/CPU':>13s}")
+    for r in report["runs"]:
+        print(f"{r['executor']:9s} {r['repeat'] + 1:3d} {r['bags']:5d} {r['frames_replayed']:7d} "
+              f"{r['end_to_end_s']:13.1f} {r['wall_s']:10.1f} {100 * r['utilisation']:7.1f} "
+              f"{r['frames_per_s_per_cpu']:13.2f}")
+    fps, ratio, overhead = (report[k] for k in ("frames_per_s_per_cpu", "ray_over_pool",
+                                                "overhead"))
+    print(f"{report['bags']} bags x {report['frames_per_bag']} frames, methods "
+          f"{report['methods']}, {report['workers']} single-CPU replays at a time; medians of "
+          f"{report['repeat']}:")
+    for key, what in (("end_to_end", "end to end"), ("replays", "replays")):
+        print(f"  Ray / pool wall time, {what}: {ratio[key]:.3f}  (scheduler overhead "
+              f"{100 * overhead[key]:+.1f} % of Ray's wall time; target <= 5 %)")
+    print(f"  frames/s per CPU: pool {fps['pool']:.2f}, Ray {fps['ray']:.2f} "
+          f"(Ray / pool {fps['ray'] / fps['pool']:.3f})")
+    print(f"  Ray start (ray.init, not in the wall times): {report['ray_init_s']:.1f} s")
+    print(f"  per-bag results identical: {report['identical_bags']} of "
+          f"{report['compared_bags']} bags")
