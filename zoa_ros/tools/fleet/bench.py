@@ -17,7 +17,11 @@ alternate, each into a fresh results folder (nothing reused from an earlier run)
   measurement; Ray's workers import it at their first replay, inside this time.
 
 Overhead = (Ray's wall time - the pool's) / Ray's wall time, on the medians over the repeats.
-The per-bag numbers of the two runs are compared.
+Wall times of runs minutes apart also move with the machine (on shared cores by 10-25 %,
+lab/fleet.md §8.3), so each run also reports how long its workers were idle: 1 - (the time spent
+inside replays, summed) / (workers x the phase's wall time), measured within that run. Ray's idle
+share minus the pool's is its scheduling overhead in percent of wall time, whatever the speed
+of the machine during each run. The per-bag numbers of the two runs are compared.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
         return {e: statistics.median(r[key] for r in rs) for e, rs in by.items()}
 
     wall, end, fps = median("wall_s"), median("end_to_end_s"), median("frames_per_s_per_cpu")
+    idle = {e: 1.0 - v for e, v in median("utilisation").items()}
     same = sum(by["pool"][0]["numbers"][bag] == by["ray"][0]["numbers"].get(bag)
                for bag in by["pool"][0]["numbers"])
     return {
@@ -143,7 +148,9 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
         "ray_over_pool": {"end_to_end": end["ray"] / end["pool"],
                           "replays": wall["ray"] / wall["pool"]},
         "overhead": {"end_to_end": (end["ray"] - end["pool"]) / end["ray"],
-                     "replays": (wall["ray"] - wall["pool"]) / wall["ray"]},
+                     "replays": (wall["ray"] - wall["pool"]) / wall["ray"],
+                     "idle": idle["ray"] - idle["pool"]},
+        "idle": idle,
         "ray_init_s": statistics.median(r["ray_init_s"] for r in by["ray"]),
         "identical_bags": same, "compared_bags": len(by["pool"][0]["numbers"]),
     }
@@ -164,6 +171,10 @@ def print_report(report: dict) -> None:
     for key, what in (("end_to_end", "end to end"), ("replays", "replays")):
         print(f"  Ray / pool wall time, {what}: {ratio[key]:.3f}  (scheduler overhead "
               f"{100 * overhead[key]:+.1f} % of Ray's wall time; target <= 5 %)")
+    idle = report["idle"]
+    print(f"  workers idle: pool {100 * idle['pool']:.1f} %, Ray {100 * idle['ray']:.1f} % of "
+          f"their time; Ray's extra scheduling overhead {100 * overhead['idle']:+.1f} % of wall "
+          f"time (target <= 5 %)")
     print(f"  frames/s per CPU: pool {fps['pool']:.2f}, Ray {fps['ray']:.2f} "
           f"(Ray / pool {fps['ray'] / fps['pool']:.3f})")
     print(f"  Ray start (ray.init, not in the wall times): {report['ray_init_s']:.1f} s")
