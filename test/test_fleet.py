@@ -462,3 +462,21 @@ def test_bad_fleet_arguments(fleet_bags, tmp_path, capsys) -> None:
     assert "--workers must be >= 1" in error(root / "b1", "--pack", pack, "--workers", "0")
     assert "no such pack file" in error(root / "b1", "--pack", tmp_path / "none.zoapack")
     assert not (tmp_path / "o" / "fleet.json").exists()
+
+
+def test_bench_fleet_runs_both_executors_on_the_same_bags(saved_vit_pack, tmp_path,
+                                                           capsys) -> None:
+    _, pack = saved_vit_pack
+    argv = ["bench", "fleet", "--pack", pack, "--bags", "3", "--frames", "4", "--batch-size",
+            "4", "--workers", "1", "--out", tmp_path]
+    assert zoa(*argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["executor"], r["bags"], r["frames_replayed"]) for r in report["runs"]] == \
+        [("pool", 3, 12), ("ray", 3, 12)]
+    assert report["identical_bags"] == report["compared_bags"] == 3
+    assert report["ray_over_pool"]["replays"] == pytest.approx(
+        report["wall_s"]["ray"] / report["wall_s"]["pool"])
+    assert "Ray / pool wall time, replays:" in printed and "frames/s per CPU" in printed
+    assert zoa(*argv, "--summarize") == 0
+    assert "per-bag results identical: 3 of 3 bags" in capsys.readouterr().out

@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="labelled image folder for the bags (default: the photos "
                                   "bundled with scikit-image, unlabelled)")
     p.add_argument("--out", required=True, help="folder for the bags, results and bench.json")
+    p.add_argument("--summarize", action="store_true",
+                   help="run nothing: print the report of the runs stored in OUT again")
     p.set_defaults(run=run)
 
 
@@ -70,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--bags, --frames, --workers and --batch-size must be >= 1, "
                          "--repeat >= 0")
     out = Path(args.out)
+    if args.summarize:
+        stored = json.loads((out / "bench.json").read_text())
+        for key in ("bags", "frames_per_bag", "methods", "workers", "repeat", "pack"):
+            setattr(args, {"frames_per_bag": "frames"}.get(key, key), stored[key])
+        runs = [run_record(r["executor"], r["repeat"], Path(r["folder"]), r["end_to_end_s"])
+                for r in stored["runs"]]
+        print_report(summarize(runs, args))
+        return 0
     bags = make_bags(out / "bags", args, main)
     if not args.repeat:
         return 0
@@ -87,13 +97,9 @@ def run(args: argparse.Namespace) -> int:
                 code = main(argv)
             if code != 0:
                 raise RuntimeError(f"zoa-ros {' '.join(argv)} exited with {code}")
-            fleet = json.loads((folder / "fleet.json").read_text())
-            phase = fleet["run"]["phases"][0]
-            init = fleet["run"].get("init_s") or 0.0
-            runs.append({"executor": executor, "repeat": repeat, "folder": str(folder),
-                         "end_to_end_s": time.perf_counter() - start - init,
-                         "ray_init_s": init, **phase,
-                         "numbers": per_bag_numbers(fleet, folder)})
+            init = json.loads((folder / "fleet.json").read_text())["run"].get("init_s") or 0.0
+            runs.append(run_record(executor, repeat, folder,
+                                   time.perf_counter() - start - init))
     report = summarize(runs, args)
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     print_report(report)
@@ -118,6 +124,17 @@ def make_bags(folder: Path, args: argparse.Namespace, main) -> Path:
         made += 1
     print(f"bench fleet: {args.bags} bags in {folder} ({made} made now)", file=sys.stderr)
     return folder
+
+
+def run_record(executor: str, repeat: int, folder: Path, end_to_end_s: float) -> dict:
+    """One run's numbers from its fleet.json: the phase's, the median time of one replay
+    inside its worker, and the per-bag numbers to compare."""
+    fleet = json.loads((folder / "fleet.json").read_text())
+    seconds = [r["seconds"] for r in fleet["records"] if r["status"] == "ok"]
+    return {"executor": executor, "repeat": repeat, "folder": str(folder),
+            "end_to_end_s": end_to_end_s, "ray_init_s": fleet["run"].get("init_s") or 0.0,
+            **fleet["run"]["phases"][0], "replay_median_s": statistics.median(seconds),
+            "numbers": per_bag_numbers(fleet, folder)}
 
 
 def per_bag_numbers(fleet: dict, folder: Path) -> dict[str, list]:
@@ -158,11 +175,13 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
 
 def print_report(report: dict) -> None:
     print(f"{'executor':9s} {'run':>3s} {'bags':>5s} {'frames':>7s} {'end to end s':>13s} "
-          f"{'replays s':>10s} {'busy %':>7s} {'frames/s/CPU':>13s}")
+          f"{'replays s':>10s} {'busy %':>7s} {'frames/s/CPU':>13s} {'1 replay s':>11s}")
     for r in report["runs"]:
         print(f"{r['executor']:9s} {r['repeat'] + 1:3d} {r['bags']:5d} {r['frames_replayed']:7d} "
               f"{r['end_to_end_s']:13.1f} {r['wall_s']:10.1f} {100 * r['utilisation']:7.1f} "
-              f"{r['frames_per_s_per_cpu']:13.2f}")
+              f"{r['frames_per_s_per_cpu']:13.2f} {r['replay_median_s']:11.3f}")
+    print("(1 replay s: the median time one replay took inside its worker; it moves with the "
+          "machine's other load, not with the scheduler)")
     fps, ratio, overhead = (report[k] for k in ("frames_per_s_per_cpu", "ray_over_pool",
                                                 "overhead"))
     print(f"{report['bags']} bags x {report['frames_per_bag']} frames, methods "
