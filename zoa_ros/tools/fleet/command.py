@@ -82,9 +82,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     banks.add_argument("--merge-capacity", type=int, default=ZOAConfig().capacity,
                        help="entries kept in the fleet bank (default %(default)s)")
     where = p.add_argument_group(
-        "where it runs", "Default: a pool of local processes, as many as CPUs and memory allow "
-        "for the measured cost of one replay. --ray: tasks on a Ray cluster "
-        "(pip install 'zoa_ros[fleet]'), each asking for --task-cpus CPUs and the measured "
+        "where it runs", "Default: a pool of local processes, as many as CPUs and memory allow\n"
+        "for the measured cost of one replay. --ray: tasks on a Ray cluster\n"
+        "(pip install 'zoa_ros[fleet]'), each asking for --task-cpus CPUs and the measured\n"
         "memory; every node must see the bags at the paths given here.")
     where.add_argument("--workers", type=int,
                        help="local processes (with --ray and no cluster to join: the CPUs of "
