@@ -19,6 +19,8 @@ setup(
     package_data={PACKAGE: ["config/*"]},
     include_package_data=True,
     install_requires=["setuptools"],
+    # zoa-ros fleet --ray: replays on a Ray cluster (the local process pool needs nothing more)
+    extras_require={"fleet": ["ray>=2.9"]},
     zip_safe=False,
     maintainer="zoa_ros maintainers",
     maintainer_email="maintainers@zoa-ros.dev",

@@ -332,6 +332,24 @@ def saved_vit_pack(zoa_pack, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     return pack, path
 
 
+@pytest.fixture(scope="module")
+def predicted_csv(photo_dir: Path, saved_vit_pack: tuple,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """labels.csv whose labels are the tiny ViT's unadapted predictions on the clean photos, so
+    accuracy is 100 % on clean frames and lower on corrupted ones (not a trivial 0 %)."""
+    from zoa_ros.core.engine import Engine, EngineConfig
+    from zoa_ros.core.files.images import read_rgb
+
+    engine = Engine(saved_vit_pack[0], EngineConfig(method="none", top_k=1))
+    paths = find_images(photo_dir)
+    predicted = [p.class_index for p in engine.predict([read_rgb(p) for p in paths])]
+    engine.close()
+    path = tmp_path_factory.mktemp("predicted") / "labels.csv"
+    path.write_text("path,class_index\n" + "".join(
+        f"{p.relative_to(photo_dir)},{c}\n" for p, c in zip(paths, predicted)))
+    return path
+
+
 # Result fields that measure time or memory, or name output files: they differ between runs.
 TIMING = {"ms_per_frame", "peak_mb", "wall_s", "stream_s", "frames_per_s", "peak_rss_mb",
           "last_step_ms", "mean_step_ms", "mean_predict_ms", "timed_frames", "json", "report",

@@ -41,21 +41,6 @@ def vit(saved_vit_pack: tuple) -> tuple:
     return saved_vit_pack
 
 
-@pytest.fixture(scope="module")
-def predicted_csv(photo_dir: Path, vit, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """labels.csv whose labels are the unadapted model's predictions on the clean photos, so
-    accuracy is 100 % on clean frames and lower on corrupted ones (not a trivial 0 %)."""
-    from zoa_ros.core.engine import Engine, EngineConfig
-    engine = Engine(vit[0], EngineConfig(method="none", top_k=1))
-    paths = find_images(photo_dir)
-    predicted = [p.class_index for p in engine.predict([read_rgb(p) for p in paths])]
-    engine.close()
-    path = tmp_path_factory.mktemp("predicted") / "labels.csv"
-    path.write_text("path,class_index\n" + "".join(
-        f"{p.relative_to(photo_dir)},{c}\n" for p, c in zip(paths, predicted)))
-    return path
-
-
 @pytest.fixture
 def methods() -> str:
     return "none,zoa"

@@ -13,5 +13,5 @@ Rooms, lowest first; a room imports only from rooms before it (``test/test_layou
 * ``bank``: knowledge bank files and fleet merges.
 * ``backend``: inference backends: the pack as an int8 ONNX QDQ graph, ONNX Runtime.
 * ``engine`` (with ``controls``): classify, buffer, adapt, count costs.
-* ``eval``: the continual benchmark and live replay scoring.
+* ``eval``: the continual benchmark, live replay scoring, and fleet replay's plan and summary.
 """

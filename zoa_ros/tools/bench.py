@@ -6,7 +6,8 @@ model's own latency (:mod:`zoa_ros.tools.bench_node`). ``zoa-ros bench preproces
 camera frames for the model, timm's PIL transform against the uint8 tensor path the engine uses
 (:mod:`zoa_ros.tools.bench_preprocess`). ``zoa-ros bench fuzz``: hostile camera messages into a
 live zoa_node (:mod:`zoa_ros.tools.bench_fuzz`). ``zoa-ros bench soak``: a long run of a live
-zoa_node, minute by minute (:mod:`zoa_ros.tools.bench_soak`)."""
+zoa_node, minute by minute (:mod:`zoa_ros.tools.bench_soak`). ``zoa-ros bench fleet``:
+``zoa-ros fleet`` on the local process pool against Ray (:mod:`zoa_ros.tools.fleet.bench`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from zoa_ros.core.runtime.allocator import keep_freed_memory
 from zoa_ros.core.runtime.cpus import cpu_flags
 from zoa_ros.tools import bench_fuzz, bench_node, bench_preprocess, bench_soak
 from zoa_ros.tools.backend_args import BACKEND_HELP
+from zoa_ros.tools.fleet import bench as bench_fleet
 from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -60,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench_preprocess.add_parser(bsub)
     bench_fuzz.add_parser(bsub)
     bench_soak.add_parser(bsub)
+    bench_fleet.add_parser(bsub)
 
 
 def run_model(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import sys
 # Subcommands, in the order --help lists them; each is the module zoa_ros.tools.<name> with
 # dashes as underscores.
 COMMANDS = ("calibrate", "export", "classify", "info", "evaluate", "report", "make-bag",
-            "replay", "bank", "bench", "demo", "node")
+            "replay", "fleet", "bank", "bench", "demo", "node")
 
 
 def build_parser() -> argparse.ArgumentParser:

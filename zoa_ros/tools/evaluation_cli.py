@@ -93,9 +93,10 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStream,
-                   tool: str) -> dict:
+                   tool: str, provenance: dict[str, str] | None = None) -> dict:
     """Evaluate ``args.methods`` over ``stream``; write ``args.json`` (and ``args.report``),
-    print the summary; returns the result."""
+    print the summary; returns the result. ``provenance`` (robot, mission) labels the bank
+    entries the run stores, beside the writing tool."""
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     configs = parse_method_config(args.method_config, args.methods)
@@ -105,7 +106,7 @@ def run_evaluation(args: argparse.Namespace, pack: ModelPack, stream: FrameStrea
                       progress=bar, on_segment=None if bar else SegmentLog(),
                       load_bank=args.load_bank, save_bank=args.save_bank,
                       save_bank_method=args.save_bank_method,
-                      bank_provenance={"writer": f"zoa-ros {tool}"},
+                      bank_provenance={"writer": f"zoa-ros {tool}", **(provenance or {})},
                       backend=args.backend or "torch", int8_model=args.int8_model,
                       stats_every=getattr(args, "stats_every", None))
     for method, path in result["bank_files"]["saved"].items():

@@ -106,7 +106,16 @@ def run(args: argparse.Namespace) -> int:
     if args.node_running or args.node_param:
         raise ValueError("--node-running and --node-param need --live")
     parse_method_config(args.method_config, args.methods)  # fail before reading the bag
-    pack = ModelPack.load(args.pack)
+    replay_offline(args, ModelPack.load(args.pack))
+    return 0
+
+
+def replay_offline(args: argparse.Namespace, pack: ModelPack,
+                   provenance: dict[str, str] | None = None) -> dict:
+    """The offline replay of ``args.bag`` (the arguments of ``zoa-ros replay``) with ``pack``
+    already loaded: writes ``args.json`` (and the report), prints the summary, returns the
+    result. ``provenance`` (e.g. robot, mission) labels the bank entries stored during the run;
+    ``zoa-ros fleet`` runs every bag through here."""
     check_bank_arguments(args, pack)
     pre = Preprocessor(pack.data_config)
     label_topic = None if args.no_labels else (args.label_topic or AUTO)
@@ -117,13 +126,13 @@ def run(args: argparse.Namespace) -> int:
         args.methods = ["none", *args.methods]
         print("no labels: adding method 'none' as the reference for prediction agreement",
               file=sys.stderr)
-    result = run_evaluation(args, pack, stream, "replay")
+    result = run_evaluation(args, pack, stream, "replay", provenance)
     info = result["config"]["stream"]
     if info["malformed"] or info["unlabelled_skipped"]:
         reasons = "; ".join(f"{n} x {r}" for r, n in info["malformed_reasons"].items())
         print(f"skipped {info['malformed']} malformed messages{': ' + reasons if reasons else ''}"
               f" and {info['unlabelled_skipped']} frames without a label", file=sys.stderr)
-    return 0
+    return result
 
 
 def _run_live(args: argparse.Namespace) -> int:

@@ -1,3 +1,4 @@
 """Scoring adaptation: the continual benchmark over a frame stream, methods side by side
-(``evaluation``), and scoring a live node's answers to a replayed recording
-(``live_replay``). The top room: it may import every other room and the engine."""
+(``evaluation``), scoring a live node's answers to a replayed recording (``live_replay``), and
+the pure parts of fleet replay - many recordings, robots, missions, one summary (``fleet``).
+The top room: it may import every other room and the engine."""
