@@ -274,7 +274,8 @@ def test_undecodable_compressed_frames_are_counted(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"none of its 1 messages.*unsupported encoding"):
         BagStream(tmp_path / "yuv")
     _write_bag(tmp_path / "bad", msgs[1:])
-    with pytest.raises(ValueError, match=r"no frame on '/cam/compressed' decodes.*neither JPEG nor PNG"):
+    with pytest.raises(ValueError,
+                       match=r"no frame on '/cam/compressed' decodes.*neither JPEG nor PNG"):
         list(BagStream(tmp_path / "bad"))
 
 
