@@ -16,7 +16,8 @@ from PIL import Image
 from zoa_ros.core import engine as engine_module
 from zoa_ros.core.data.corruptions import corrupt, derive_seed
 from zoa_ros.core.data.sample_photos import load_photo
-from zoa_ros.core.data.stream import CorruptionStream, order, subset
+from zoa_ros.core.data.stream import CorruptionStream, subset
+from zoa_ros.core.data.stream_order import order
 from zoa_ros.core.eval.evaluation import evaluate
 from zoa_ros.core.model.labels import wnid_to_index
 from zoa_ros.core.model.preprocess import Preprocessor

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoa_ros.core.eval.harm import harm_table
 from zoa_ros.core.files.atomic import atomic_write_bytes
 
 
@@ -76,6 +77,7 @@ def markdown(result: dict) -> str:
                                              for m in methods]]))
         lines.append(_row(["**all**", *[f"**{_fmt(runs[m]['mean_acc'], '{:.2f}')}**"
                                         for m in methods]]))
+        lines += harm_section(harm_table(result))
         lines += _recovery_table(result)
         lines += _position_table(result)
     else:
@@ -182,6 +184,40 @@ def _domain_table(result: dict, title: str, key: str, fmt: str,
     if mean_key is not None:
         lines.append(_row(["", "**mean**", "",
                            *[f"**{_fmt(runs[m].get(mean_key), fmt)}**" for m in methods]]))
+    return lines
+
+
+def harm_section(harm: dict | None) -> list[str]:
+    """The harm table: per domain each method's accuracy minus the reference's on the same
+    frames (whole segment, and its first frames), then mean, worst domain and clean segments."""
+    if not harm or not harm["methods"]:
+        return []
+    ref, head = harm["reference"], harm["head_frames"]
+    methods = list(harm["methods"])
+    runs = [harm["methods"][m] for m in methods]
+    lines = ["", f"## Harm: accuracy minus `{ref}`'s on the same frames (points)", "",
+             f"Per domain, whole segment / its first {head} frames; negative = adapting cost "
+             "accuracy. Clean segments in bold.", "",
+             _row(["round", "domain", "frames", *methods]),
+             _row(["---:", "---", "---:", *["---:"] * len(methods)])]
+    for i, d in enumerate(runs[0]["domains"]):
+        name = f"**{d['name']}**" if d["clean"] else d["name"]
+        lines.append(_row([d["round"], name, d["frames"], *[
+            f"{_fmt(r['domains'][i]['diff'], '{:+.2f}')} / "
+            f"{_fmt(r['domains'][i]['diff_head'], '{:+.2f}')}" for r in runs]]))
+    summary = [("mean over domains", lambda r: _fmt(r["mean_diff"], "{:+.2f}")),
+               (f"mean, first {head} frames", lambda r: _fmt(r["mean_diff_head"], "{:+.2f}")),
+               ("worst domain", lambda r: f"{r['worst']['name']} (round {r['worst']['round']}) "
+                                          f"{r['worst']['diff']:+.2f}"),
+               ("clean segments: worst / mean",
+                lambda r: f"{_fmt(r['clean_worst_diff'], '{:+.2f}')} / "
+                          f"{_fmt(r['clean_mean_diff'], '{:+.2f}')} "
+                          f"({r['clean_segments']} segments)"),
+               ("shifted domains: worst / mean",
+                lambda r: f"{_fmt(r['shifted_worst_diff'], '{:+.2f}')} / "
+                          f"{_fmt(r['shifted_mean_diff'], '{:+.2f}')}")]
+    lines += ["", _row(["", *methods]), _row(["---", *["---:"] * len(methods)])]
+    lines += [_row([f"**{title}**", *[cell(r) for r in runs]]) for title, cell in summary]
     return lines
 
 
