@@ -197,14 +197,14 @@ def harm_section(harm: dict | None) -> list[str]:
     runs = [harm["methods"][m] for m in methods]
     lines = ["", f"## Harm: accuracy minus `{ref}`'s on the same frames (points)", "",
              f"Per domain, whole segment / its first {head} frames; negative = adapting cost "
-             "accuracy. Clean segments in bold.", "",
+             "accuracy. Clean segments in bold. With a shift gate, in brackets: the share of the "
+             "domain's frames it let adaptation classify.", "",
              _row(["round", "domain", "frames", *methods]),
              _row(["---:", "---", "---:", *["---:"] * len(methods)])]
     for i, d in enumerate(runs[0]["domains"]):
         name = f"**{d['name']}**" if d["clean"] else d["name"]
-        lines.append(_row([d["round"], name, d["frames"], *[
-            f"{_fmt(r['domains'][i]['diff'], '{:+.2f}')} / "
-            f"{_fmt(r['domains'][i]['diff_head'], '{:+.2f}')}" for r in runs]]))
+        lines.append(_row([d["round"], name, d["frames"], *[_harm_cell(r["domains"][i])
+                                                             for r in runs]]))
     summary = [("mean over domains", lambda r: _fmt(r["mean_diff"], "{:+.2f}")),
                (f"mean, first {head} frames", lambda r: _fmt(r["mean_diff_head"], "{:+.2f}")),
                ("worst domain", lambda r: f"{r['worst']['name']} (round {r['worst']['round']}) "
@@ -219,6 +219,11 @@ def harm_section(harm: dict | None) -> list[str]:
     lines += ["", _row(["", *methods]), _row(["---", *["---:"] * len(methods)])]
     lines += [_row([f"**{title}**", *[cell(r) for r in runs]]) for title, cell in summary]
     return lines
+
+
+def _harm_cell(row: dict) -> str:
+    cell = f"{_fmt(row['diff'], '{:+.2f}')} / {_fmt(row['diff_head'], '{:+.2f}')}"
+    return cell if row.get("adapting") is None else f"{cell} ({row['adapting']:.0f} %)"
 
 
 def _recovery_table(result: dict) -> list[str]:

@@ -1,4 +1,5 @@
 """Frames in: labelled image folders (``labelled_images``), ImageNet-C corruptions
 (``corruptions``), continual streams, their domain schedules and frame orders (``stream``,
-``domain_schedule``, ``stream_order``), sensor_msgs payloads to RGB (``image_messages``), the bundled sample
-photos, and rosbag2 recordings (``bags``). Imports ``files``, ``runtime`` and ``model``."""
+``domain_schedule``, ``stream_order``), sensor_msgs payloads to RGB (``image_messages``), the
+bundled sample photos, and rosbag2 recordings (``bags``). Imports ``files``, ``runtime`` and
+``model``."""

@@ -86,6 +86,8 @@ METRIC_NOTES = {
                "returned before adapting on a frame",
     "agreement": "percent of frames on which the method predicts the same class as the "
                  "unadapted model (method none) on the same frame",
+    "adapting": "methods with a shift gate: percent of the domain's frames classified with the "
+                "adapted model (the rest with the source model: the input looked clean)",
     "bank_weights": "methods with a knowledge bank: mixing weights softmax(alpha_scale * alpha) "
                     "at the end of the domain, the source entry first, then the stored entries "
                     "in bank order",
@@ -119,6 +121,7 @@ class _MethodRun:
     hits: list[bool] = field(default_factory=list)
     agrees: int = 0
     entropy_sum: float = 0.0
+    gate_frames: int = 0      # frames the shift gate let adaptation classify, so far
 
     def chunk(self, x: torch.Tensor, probe: bool) -> list[Prediction]:
         """Run one chunk through the engine; its predictions."""
@@ -168,6 +171,11 @@ class _MethodRun:
                "recovery_frames": recovery_frames(self.hits) if labelled and boundary else None}
         if has_bank(self.engine):
             row["bank_weights"] = bank_weights(self.engine)
+        gate = self.engine.method.bank_summary().get("gate")
+        if gate is not None:
+            adapting = gate["frames_adapting"] - self.gate_frames
+            self.gate_frames = gate["frames_adapting"]
+            row["adapting"] = 100.0 * adapting / n
         self.domains.append(row)
         self.hits, self.agrees, self.entropy_sum = [], 0, 0.0
         return row
@@ -219,6 +227,7 @@ class _MethodRun:
                           "reason": method.streaming_reason},
             "bank": {"entries": stats.bank_entries, "bytes": stats.bank_bytes,
                      **{k: v for k, v in method.bank_summary().items() if k.startswith("recall")}},
+            "gate": method.bank_summary().get("gate"),
             "domain_changes": stats.domain_changes,
             "curve": {"frames": self.curve_frames, "acc": self.curve_acc or None,
                       "entropy": self.curve_entropy,

@@ -44,7 +44,8 @@ def _row(domain: dict, ref: dict) -> dict:
     return {"name": domain["name"], "round": domain["round"], "frames": domain["frames"],
             "clean": is_clean(domain["name"]), "acc": acc, "reference_acc": ref_acc,
             "diff": None if acc is None or ref_acc is None else acc - ref_acc,
-            "diff_head": None if head is None or ref_head is None else head - ref_head}
+            "diff_head": None if head is None or ref_head is None else head - ref_head,
+            "adapting": domain.get("adapting")}
 
 
 def _summary(rows: list[dict]) -> dict:
