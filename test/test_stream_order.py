@@ -11,7 +11,7 @@ from zoa_ros.core.data.domain_schedule import Visit, parse_schedule, scheduled_f
 from zoa_ros.core.data.stream import CorruptionStream
 from zoa_ros.core.data.stream_order import StreamOrder, order
 from zoa_ros.core.eval.harm import harm_table
-from zoa_ros.tools.report import harm_section
+from zoa_ros.tools.report import comparison_section, harm_section
 
 
 def test_orders_parse_and_refuse() -> None:
@@ -121,3 +121,16 @@ def test_harm_table_and_its_report() -> None:
     assert harm_table({"labelled": True, "methods": {"zoa": {"domains": []}}}) is None
     assert harm_table({**result, "labelled": False}) is None
     assert harm_section(None) == []
+
+
+def test_report_against_another_run() -> None:
+    bank = _result({"zoa": [80.0, 50.0, 80.0]}, {"zoa": [80.0, 40.0, 70.0]})
+    empty = _result({"zoa": [80.0, 45.0, 81.0]}, {"zoa": [80.0, 30.0, 70.0]})
+    lines = "\n".join(comparison_section(bank, empty, "the empty bank"))
+    assert "| 1 | fog | 100 | +5.00 / +10.00 |" in lines
+    assert "| 2 | clean | 100 | -1.00 / +0.00 |" in lines
+    assert "**+1.33 / +3.33**" in lines
+    other = _result({"zoa": [1.0, 2.0, 3.0]}, {"zoa": [1.0, 2.0, 3.0]})
+    other["methods"]["zoa"]["domains"][1]["frames"] = 99
+    with pytest.raises(ValueError, match="different streams"):
+        comparison_section(bank, other, "x")

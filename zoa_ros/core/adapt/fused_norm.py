@@ -103,7 +103,8 @@ class FusedBatchNorm(nn.BatchNorm2d):
         else:
             if ctx.frame_sink is not None:
                 ctx.frame_sink[self.index] = x.detach()
-            if ctx.norm == SOURCE:
+            layers = self.store.stats_layers
+            if ctx.norm == SOURCE or (layers is not None and self.index >= layers):
                 mean, var = self.running_mean, self.running_var
             elif ctx.params.bn_norm is not None:
                 mean, var = ctx.params.bn_norm[self.index]

@@ -149,10 +149,14 @@ class ParamStore:
     """The published :class:`ParamSet`, per-thread forward contexts, and at most one piece of
     deferred work on the set (:meth:`defer`, :meth:`settle`)."""
 
-    def __init__(self, default_norm: str, stats_prior: float = 0.0) -> None:
+    def __init__(self, default_norm: str, stats_prior: float = 0.0,
+                 stats_layers: int | None = None) -> None:
         self.default_norm = default_norm
         # Share of the source statistics blended into ``running`` normalisation (fused_norm).
         self.stats_prior = float(stats_prior)
+        # ``running`` normalisation uses test statistics in the first ``stats_layers``
+        # BatchNorms only (module order); the others keep the source ones. None: all.
+        self.stats_layers = stats_layers
         self._published: ParamSet | None = None
         self._lock = threading.Lock()
         self._local = threading.local()

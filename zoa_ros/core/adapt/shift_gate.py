@@ -19,10 +19,13 @@ its own prediction pass) and the entropy of its prediction. Every ``hop`` frames
   elastic warp keeps every local pixel statistic);
 * **change test** (while adapting) - the divergence between the scene variances
   (:func:`~zoa_ros.core.model.shift_reference.scene_variance`) of the window and of the
-  window before it: a new shifted domain replaces the previous one.
+  window before it: a new shifted domain replaces the previous one; and a *fast* one, the
+  newest ``fast_window`` frames against the window before them at the threshold for that
+  few images, which sees a strong change within a few frames.
 
 The opening tests run at ``false_alarm / 2`` each, so on clean class-ordered windows the gate
-opens by mistake at most at ``false_alarm`` of the tests; the change test at ``false_alarm``.
+opens by mistake at most at ``false_alarm`` of the tests; each change test at
+``false_alarm``.
 States and events:
 
 * ``source`` - the source model classifies; either opening test firing -> ``adapt``
@@ -82,12 +85,15 @@ class GateConfig:
     close_window: int = 16      # frames of the closing test
     close_quantile: float = 0.9  # closes below this quantile of clean windows' divergence
     change_test: bool = True    # notice a new shifted domain while adapting
+    fast_window: int = 8        # frames of the fast change test (a strong change, seen early)
 
     def validate(self) -> None:
         if self.window < 2 or self.hop < 1 or self.dwell < 1:
             raise ValueError("gate_window must be >= 2, gate_hop and gate_dwell >= 1")
         if not 2 <= self.close_window <= self.window:
             raise ValueError("gate_close_window must be in [2, gate_window]")
+        if not 2 <= self.fast_window <= self.window:
+            raise ValueError("gate_fast_window must be in [2, gate_window]")
         if not 0.0 < self.close_quantile < 1.0:
             raise ValueError(f"gate_close_quantile must be in (0, 1), not "
                              f"{self.close_quantile}")
@@ -118,6 +124,8 @@ class ShiftGate:
         self.entropy_threshold = reference.threshold(ENTROPY, self.window_images, alpha)
         self.change_threshold = reference.threshold(CHANGE, self.window_images,
                                                     config.false_alarm)
+        self.fast_images = reference.window_images(config.fast_window, config.dwell)
+        self.fast_threshold = reference.threshold(CHANGE, self.fast_images, config.false_alarm)
         self.close_images = reference.window_images(config.close_window, config.dwell)
         self.close_threshold = reference.threshold(STEM, self.close_images,
                                                    1.0 - config.close_quantile)
@@ -229,12 +237,18 @@ class ShiftGate:
             self._frames.clear()         # the next opening test sees none of the shift
             return CLOSED
         self._keys.append(_key(current))
-        if not self.config.change_test or self._since_event < 2 * window:
+        fast = self.config.fast_window
+        if not self.config.change_test or self._since_event < window + fast:
             return None
-        previous = self._recent(window, skip=window)
-        self.last_change = variance_divergence(scene_variance(previous),
-                                               scene_variance(current))
-        if self.last_change <= self.change_threshold:
+        # fast: the newest few frames against the window before them - a strong change
+        changed = variance_divergence(scene_variance(self._recent(window, skip=fast)),
+                                      scene_variance(self._recent(fast))) > self.fast_threshold
+        if not changed and self._since_event >= 2 * window:   # slow: two whole windows
+            previous = self._recent(window, skip=window)
+            self.last_change = variance_divergence(scene_variance(previous),
+                                                   scene_variance(current))
+            changed = self.last_change > self.change_threshold
+        if not changed:
             return None
         self.changes += 1
         self._since_event = 0
@@ -243,8 +257,9 @@ class ShiftGate:
 
     def _keep_adapted_key(self) -> None:
         """The domain that ended, as a window before its end (its last frames still in it):
-        what a re-opening is compared with (``resumed``)."""
-        if self._keys:
+        what a re-opening is compared with (``resumed``); kept from before when the domain
+        lasted less than a window."""
+        if len(self._keys) == self._keys.maxlen:
             self._adapted = self._keys[0]
         self._keys.clear()
 
@@ -253,7 +268,7 @@ class ShiftGate:
                 "openings": self.openings, "changes": self.changes,
                 "frames_adapting": self.frames_adapting, "window_images": self.window_images,
                 "stem_threshold": self.stem_threshold, "close_threshold": self.close_threshold,
-                "change_threshold": self.change_threshold,
+                "change_threshold": self.change_threshold, "fast_threshold": self.fast_threshold,
                 "entropy_threshold": self.entropy_threshold,
                 "last_divergence": self.last_divergence, "last_entropy": self.last_entropy,
                 "last_change": self.last_change}

@@ -94,14 +94,15 @@ from zoa_ros.core.model.shift_reference import entropy
 
 log = logging.getLogger(__name__)
 
-TRUSTS = ("prior", "shift")
+TRUSTS = ("prior", "shift", "stem")
 
 
 def no_harm_config(on: bool) -> dict:
     """The settings of no-harm adaptation (METHOD.md §10), or of the always-adapting streaming
-    rule before it: the shift gate and restarting unknown domains from the source statistics.
-    ``no_harm`` in a ZOA config expands to these (keys given explicitly win)."""
-    return {"gate": on, "restart_from_source": on}
+    rule before it: the shift gate, new domains restarted from the source statistics, and trust
+    in test statistics growing with the gate's measured shift. ``no_harm`` in a ZOA config
+    expands to these (keys given explicitly win)."""
+    return {"gate": on, "restart_from_source": on, "trust": "stem" if on else "prior"}
 
 @dataclass(frozen=True)
 class ZOAConfig(StatsConfig):
@@ -142,9 +143,13 @@ class ZOAConfig(StatsConfig):
     gate_probe_every: int = 256         # re-test an entropy-opened gate after this many frames
     restart_from_source: bool = False   # a domain the memory does not know starts from source
     trust: str = "prior"                # running BN statistics: "prior" (a fixed stats_prior
-    #                                     share of the source) or "shift" (per layer, METHOD §10)
+    #                                     share of the source), "shift" (per layer) or "stem"
+    #                                     (grows with the gate's stem divergence), METHOD §10
+    trust_span: float = 8.0             # "stem": full trust at this many times the threshold
     trust_floor: float = 0.0            # "shift": the source share never falls below this
     trust_debias: bool = True           # "shift": the frames' own average, not the estimate
+    stats_depth: float = 1.0            # share of the BatchNorms (first in module order) that
+    #                                     normalise single frames with test statistics
     layers: str | list[str] = "auto"
     block_start: int = 1
     block_end_fraction: float | None = None
@@ -240,6 +245,8 @@ class ZOA(AdaptMethod):
         model.eval()
         self.device = next(model.parameters()).device
         fusion = fuse_norms(model, names, self.store)
+        if cfg.stats_depth < 1.0:
+            self.store.stats_layers = round(cfg.stats_depth * len(fusion.bn_names))
         self.layout = fusion.layout
         self.bn_names = fusion.bn_names
         self.extractor = ThreadSafeExtractor(model)
@@ -264,10 +271,12 @@ class ZOA(AdaptMethod):
         # (key, estimate) at each gate test while adapting, a window back: a domain as it
         # stood before the frames that ended it
         self._history: deque = deque(maxlen=cfg.gate_window // cfg.gate_hop + 1)
-        self._recalled = False
         reference = pack.shift_reference
         self._trust = reference if (cfg.trust == "shift" and self._fold_frames and reference
                                     is not None and reference.layer_noise) else None
+        # "stem" trust: the source share from the gate's stem divergence, smoothed over tests
+        self._stem_trust = cfg.trust == "stem" and self._fold_frames and self.gate is not None
+        self._shift_level: float | None = None
         self._folded = 0.0            # frames folded into the estimate since it was the source's
         self._since_norm = 0          # frames since bn_norm was computed
         self.trust_weights: list[float] = []   # the last source share per BatchNorm layer
@@ -339,7 +348,7 @@ class ZOA(AdaptMethod):
         work = []
         if ctx.frame_sink:
             work.append(frames_fold(self.store, ctx.frame_sink, self.cfg.frame_momentum))
-            if self._trust is not None:
+            if self._trust is not None or self._stem_trust:
                 work.append(lambda: self._folded_frames(x.shape[0]))
         if gate and self.gate is not None and early_stats is not None:
             work.append(lambda: self._gate_observe(early_stats, logits))
@@ -410,10 +419,25 @@ class ZOA(AdaptMethod):
         self._since_norm = 0
         cfg = self.cfg
         stats = self.store.published.bn_stats
-        norm, self.trust_weights = trusted_norm(
-            stats, self._initial.bn_stats, self._trust, self._folded, cfg.frame_momentum,
-            cfg.gate_dwell, cfg.trust_floor, cfg.trust_debias)
+        if self._stem_trust:
+            w = self._stem_share()
+            norm = tuple(blend_source(m, v, sm, sv, w) for (m, v), (sm, sv) in
+                         zip(stats, self._initial.bn_stats, strict=True))
+            self.trust_weights = [w]
+        else:
+            norm, self.trust_weights = trusted_norm(
+                stats, self._initial.bn_stats, self._trust, self._folded, cfg.frame_momentum,
+                cfg.gate_dwell, cfg.trust_floor, cfg.trust_debias)
         self.store.update(lambda _params: {"bn_norm": norm})
+
+    def _stem_share(self) -> float:
+        """"stem" trust: the source share falls from 1 at the gate's opening threshold to
+        ``stats_prior`` at ``trust_span`` times it, log-linearly in the smoothed divergence."""
+        level, threshold = self._shift_level, self.gate.stem_threshold
+        if level is None or threshold <= 0 or level <= threshold:
+            return 1.0
+        ramp = min(1.0, math.log(level / threshold) / math.log(self.cfg.trust_span))
+        return 1.0 - (1.0 - self.cfg.stats_prior) * ramp
 
     def _restart_stats(self, stats: BnStats | None, converged: bool) -> None:
         """Continue from ``stats`` (``None``: the source statistics; ``converged``: a
@@ -421,7 +445,7 @@ class ZOA(AdaptMethod):
         stats = self._initial.bn_stats if stats is None else stats
         self.store.update_stats(lambda _current: stats)
         self._folded = math.inf if converged else 0.0
-        if self._trust is not None:
+        if self._trust is not None or self._stem_trust:
             self._refresh_norm()
 
     def _gate_observe(self, stem: EarlyStats, logits: torch.Tensor) -> None:
@@ -433,6 +457,8 @@ class ZOA(AdaptMethod):
         event = gate.observe(stem, float(entropy(logits).mean()))
         if gate.tests != tests and gate.adapting:   # each test while adapting: the history
             self._history.append((gate.key(), self.store.published.bn_stats))
+            level, d = self._shift_level, gate.last_divergence
+            self._shift_level = d if level is None else 0.75 * level + 0.25 * d
         if event is None:
             return
         log.info("shift gate %s (stem divergence %s, threshold %.3f; entropy %s, threshold "
@@ -442,8 +468,9 @@ class ZOA(AdaptMethod):
         if event in (CLOSED, CHANGED):
             self._remember_domain()
         if event in (OPENED, CHANGED):
-            self._enter_domain(gate.key())
-        elif event == SETTLED and not self._recalled and self.recall is not None:
+            self._shift_level = gate.last_divergence
+            self._enter_domain()
+        elif event == SETTLED and self.recall is not None:
             self._recall_domain(gate.key())
 
     def _remember_domain(self) -> None:
@@ -455,26 +482,22 @@ class ZOA(AdaptMethod):
                 self.recall.remember(key, stats, self.gate.change_threshold)
         self._history.clear()
 
-    def _enter_domain(self, key: tuple | None) -> None:
-        """A new shifted domain: its remembered statistics, else the source ones; no shift
-        history yet."""
-        self._recalled = False
-        if self.recall is None or key is None or not self._recall_domain(key):
-            if self.cfg.restart_from_source:
-                self._restart_stats(None, converged=False)
+    def _enter_domain(self) -> None:
+        """A new shifted domain: the source statistics to start from, no shift history. Its
+        frames so far are few, or mixed with the previous input's: the memory is asked once a
+        window holds only the new domain (``settled``)."""
+        if self.cfg.restart_from_source:
+            self._restart_stats(None, converged=False)
         params = self.store.published
         self.store.publish(params.replace(shift_h=None, version=params.version + 1),
                            keep_stats=True)
 
-    def _recall_domain(self, key: tuple) -> bool:
-        stats = self.recall.find(key, self.gate.change_threshold)
-        if stats is None:
-            return False
-        self._restart_stats(stats, converged=True)
-        self._recalled = True
-        log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
-                 len(self.recall.entries))
-        return True
+    def _recall_domain(self, key: tuple | None) -> None:
+        stats = None if key is None else self.recall.find(key, self.gate.change_threshold)
+        if stats is not None:
+            self._restart_stats(stats, converged=True)
+            log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
+                     len(self.recall.entries))
 
     def _recall(self, early: EarlyStats, frames: int) -> None:
         """Stem hook of an observed prediction: on a change to a remembered domain, normalise
@@ -671,7 +694,6 @@ class ZOA(AdaptMethod):
                 self.gate.reset()
             self._folded, self._since_norm, self.trust_weights = 0.0, 0, []
             self._history.clear()
-            self._recalled = False
             self._dormant_recall = (None, ())
             self.similarity = torch.zeros(0, 0, device=self.device)
             self._origins = []

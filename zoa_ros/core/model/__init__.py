@@ -2,4 +2,5 @@
 (``factory``, ``efficientnet_lite_weights``), preprocessing from the pretrained cfg
 (``preprocess``), labels, feature taps (``features``), BatchNorm statistics modes
 (``norm_mode``), top-k results (``prediction``), and the model pack with its calibration
-(``pack``, ``calibration``). Imports ``files``, ``runtime`` and ``quant``; never ``data``."""
+(``pack``, ``calibration``, ``shift_reference``: what clean input looks like to the model).
+Imports ``files``, ``runtime`` and ``quant``; never ``data``."""
