@@ -64,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
 def _ensure_pack(path: Path, photos: list[Path], quant: str) -> None:
     if path.exists():
         try:
-            ModelPack.load(path).build_model()
-            return
+            pack = ModelPack.load(path)
+            pack.build_model()
+            if pack.shift_reference is not None:
+                return
+            print(f"rebuilding {path}: made before the shift gate's clean reference")
         except PackError as e:
             print(f"rebuilding {path}: {e}")
     print(f"calibrating {MODEL.name} {quant} on {len(photos)} bundled photos ...", flush=True)
