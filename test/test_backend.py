@@ -240,14 +240,16 @@ def test_batch_mode_and_unsupported_methods_stay_on_torch(tiny):
 
 def test_adaptation_keeps_working_on_the_integer_model(tiny, tiny_export, photos, tmp_path):
     """Streaming ZOA on the int8 runtime: each step's normalizations and activation shift
-    reach the integer model, which then predicts what the torch reference predicts."""
+    reach the integer model, which then predicts what the torch reference predicts. (The
+    always-adapting rule: the shift gate would keep the source model on these clean photos.)"""
     pack = tiny[0]
     path = tmp_path / "tiny.onnx"
     tiny_export.save(str(path))
     engine = Engine(pack, EngineConfig(method="zoa", backend="onnxruntime",
                                        int8_model=str(path), batch_size=8, min_frames=8,
                                        method_config={"min_adapt_batch": 8,
-                                                      "detect_min_batch": 8}))
+                                                      "detect_min_batch": 8,
+                                                      "no_harm": False}))
     assert engine.backend_name == "onnxruntime"
     before = engine.backend.predict(photos)
     for i in range(16):
@@ -263,6 +265,26 @@ def test_adaptation_keeps_working_on_the_integer_model(tiny, tiny_export, photos
     assert torch.corrcoef(torch.stack([reference.flatten(), after.flatten()]))[0, 1] > 0.99
     engine.reset()   # back to the source on both
     assert torch.equal(engine.backend.predict(photos), before)
+
+
+@pytest.mark.parametrize("no_harm", [True, False])
+def test_the_int8_model_follows_the_shift_gate(tiny, tiny_export, photos, tmp_path, no_harm):
+    """No-harm ZOA (the streaming default): while the shift gate is closed the integer model
+    gets the source model's normalizations, whatever the running estimate holds; without the
+    gate it gets the estimate."""
+    path = tmp_path / "tiny.onnx"
+    tiny_export.save(str(path))
+    engine = Engine(tiny[0], EngineConfig(method="zoa", backend="onnxruntime",
+                                          int8_model=str(path),
+                                          method_config={"no_harm": no_harm}), warmup=False)
+    method = engine.method
+    if no_harm:
+        assert method.gate is not None and not method.gate.adapting
+    source = engine.backend.predict(photos)
+    # a running estimate far from the source (frames folded while a gate was open)
+    method.store.update_stats(lambda stats: tuple((m + 0.5, v * 2) for m, v in stats))
+    engine._sync_backend()   # what every step and statistics replay ends with
+    assert torch.equal(engine.backend.predict(photos), source) == no_harm
 
 
 def test_export_and_classify_commands(tiny, photo_dir, tmp_path, capsys):

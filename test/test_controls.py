@@ -10,7 +10,9 @@ from zoa_ros.core.engine import Engine, EngineConfig
 
 
 def _engine(pack, **method_config) -> Engine:
+    # no_harm off: predictions use the adapted state without a shift gate deciding when
     return Engine(pack, EngineConfig(method="zoa", method_config={"alpha_init": "normal",
+                                                                  "no_harm": False,
                                                                   **method_config},
                                      batch_size=8, min_frames=8, warmup=False))
 

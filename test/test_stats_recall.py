@@ -7,11 +7,11 @@ import torch
 
 from zoa_ros.core.adapt.params import RUNNING
 from zoa_ros.core.adapt.stats_recall import StatsRecall
-from zoa_ros.core.adapt.taps import EarlyStats
 from zoa_ros.core.adapt.zoa import ZOA
 from zoa_ros.core.bank.file import BankError, load, save
+from zoa_ros.core.model.features import EarlyStats
 
-STREAMING = {**ZOA.streaming_defaults, "detect": False}
+STREAMING = {**ZOA.streaming_defaults, "detect": False, "no_harm": False}
 
 
 def _stem(frames: int, shift: float, seed: int) -> EarlyStats:
@@ -187,7 +187,8 @@ def test_reset_keeps_the_memory_with_the_bank(zoa_pack, zoa_images):
 
     pack = zoa_pack("test_resnet")
     engine = Engine(pack, method="zoa", mode="streaming",
-                    method_config={"recall_window": 8, "detect": False})
+                    method_config={"recall_window": 8, "detect": False, "gate": False,
+                                   "restart_from_source": False})
     method = engine.method
     x = zoa_images(pack, 8, size=64)
     for shift in (0.0, 0.0, 2.0, 2.0, 0.0):

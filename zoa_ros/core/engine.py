@@ -646,7 +646,8 @@ class Engine:
         if self.backend is None:
             return
         self.method.settle()
-        self.backend.apply(prediction_norms(self.model), prediction_shift(self.method))
+        self.backend.apply(prediction_norms(self.model, self.method),
+                           prediction_shift(self.method))
         with self._lock:
             self._counts["backend_updates"] += 1
 

@@ -136,6 +136,17 @@ SPECS: tuple[Spec, ...] = (
          "stem statistics of the classified frames)", read_only=True),
     Spec("adaptation.recall_window", 32, "classified frames per test of that memory",
          read_only=True, low=2, high=4096),
+    Spec("adaptation.no_harm", True, "no-harm adaptation: the source model while the input "
+         "looks like the clean calibration images (shift gate), statistics restarted from the "
+         "source ones in a new domain, each BatchNorm trusting its test statistics as far as "
+         "the measured shift exceeds what clean content explains (false: the fixed "
+         "stats_prior, always adapting)", read_only=True),
+    Spec("adaptation.gate_false_alarm", 0.01, "share of the shift gate's tests that open it "
+         "on clean input as correlated as class-ordered images", read_only=True, low=1e-4,
+         high=0.5),
+    Spec("adaptation.gate_dwell", 4, "frames per distinct view the shift gate's thresholds "
+         "assume (a camera that holds a view longer: raise it)", read_only=True, low=1,
+         high=1000),
     Spec("adaptation.interval_frames", 32, "adapt after this many new frames", low=1,
          high=1000000),
     Spec("adaptation.min_period_s", 0.0, "at least this long between steps, in node time "

@@ -4,9 +4,11 @@
 with the ImageNet weights of the efficientnet-lite0 pip package, built once into the user's
 cache, :mod:`zoa_ros.core.model.default_pack`) while a virtual camera publishes real photos
 bundled with scikit-image at 15 Hz (640x480 rgb8) through a schedule of domains: clean, then
-corruptions, then clean again. A console table shows per domain the frames, how often the node
-agrees with its own clean-frame prediction of the same photo, adaptation steps, bank entries and
-latency. It ends by calling ``~/save_knowledge``, restarting the node, calling
+corruptions, then clean again. The stream runs twice through the same node: adaptation off,
+then on (``~/set_adaptation``, after ``~/reset``). A console table shows per domain the
+frames, how often the node agrees with the unadapted model's prediction of the same photo on
+its clean frame, adaptation steps, bank entries and latency; at the end both runs side by side,
+per domain. It ends by calling ``~/save_knowledge``, restarting the node, calling
 ``~/load_knowledge`` and checking the bank came back.
 
 ``--photos-only`` just classifies the photos (no ROS).
@@ -27,7 +29,7 @@ import numpy as np
 from zoa_ros.core.files.sample_photos import PHOTOS, load_photo, write_photos
 from zoa_ros.tools.packs import resolve_pack
 
-SCHEDULE = "clean:10,gaussian_noise:14,fog:14,contrast:12,clean:8"
+SCHEDULE = "clean:6,gaussian_noise:10,fog:10,contrast:10,clean:6"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--severity", type=int, default=3, choices=range(1, 6))
     p.add_argument("--rate", type=float, default=15.0, help="camera rate in Hz")
     p.add_argument("--no-adaptation", action="store_true",
-                   help="run the node with adaptation.enabled false (the baseline)")
+                   help="only the run with adaptation off (the baseline), no bank check")
     p.add_argument("--photos-only", action="store_true", help="classify the photos, no ROS")
     p.set_defaults(run=run)
 
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         photos = write_photos(out / "photos")
         from zoa_ros.tools import classify
         return classify.run(argparse.Namespace(pack=str(pack_path), json=False, top_k=5,
+                                               backend="auto", int8_model=None,
                                                max_pixels=classify.DEFAULT_MAX_PIXELS,
                                                images=[str(p) for p in photos]))
     return _live(args, out, pack_path)
@@ -89,7 +92,7 @@ class _Demo:
         self.bank.unlink(missing_ok=True)
         self.overrides = {"pack": pack_path.resolve(), "knowledge.bank_path": self.bank.resolve(),
                           "knowledge.autoload": False, "adaptation.interval_frames": 32,
-                          "adaptation.enabled": not args.no_adaptation}
+                          "adaptation.enabled": False}
         print("rendering frames ...", flush=True)
         images = [load_photo(n) for n in PHOTOS]
         frames = render_frames(images, {p.domain for p in phases}, (640, 480), args.severity)
@@ -97,6 +100,7 @@ class _Demo:
         self.messages = {key: self.camera.message(frame) for key, frame in frames.items()}
         self.sent: dict[tuple[int, int], tuple[int, int, float]] = {}
         self.results: dict[int, list[dict]] = defaultdict(list)
+        self.clean_top1: dict[int, int] = {}
         self.lock = threading.Lock()
         self.camera.create_subscription(String, "classification_json", self._on_result, 50)
         self.executor = SingleThreadedExecutor()
@@ -113,7 +117,15 @@ class _Demo:
         node = NodeProcess(self.overrides, self.env, log)
         try:
             self._wait_for_node(node)
-            self._stream()
+            print("\nrun 1 of 2: adaptation off (the unadapted model)")
+            off = self._stream()
+            if self.args.no_adaptation:
+                return 0
+            call_trigger(self.camera, "/zoa_node/reset")
+            call_service(self.camera, SetBool, "/zoa_node/set_adaptation", SetBool.Request(
+                data=True))
+            print("\nrun 2 of 2: adaptation on, the same stream")
+            on = self._stream()
             # Freeze the bank first: a step still running on buffered frames could otherwise add
             # an entry after the save, and the autosave at shutdown would write that instead.
             call_service(self.camera, SetBool, "/zoa_node/set_adaptation", SetBool.Request(
@@ -122,6 +134,10 @@ class _Demo:
             print(f"\n~/save_knowledge: {saved.message}")
         finally:
             code = node.stop()
+            if self.args.no_adaptation:
+                self.executor.shutdown()
+                self.spinner.join(timeout=5)
+        self._compare(off, on)
         print(f"node stopped (exit code {code}); restarting it with an empty bank ...",
               flush=True)
         node = NodeProcess({**self.overrides, "knowledge.autosave": False}, self.env, log)
@@ -137,6 +153,18 @@ class _Demo:
         print("bank came back after the restart: "
               f"{'yes' if ok else 'NO'} ({_entries(loaded)} entries)")
         return 0 if ok else 1
+
+    def _compare(self, off: list[dict], on: list[dict]) -> None:
+        """Both runs side by side: agreement with the unadapted model's clean prediction."""
+        print(f"\n{'domain':16s} {'agree, off':>10s} {'agree, on':>10s} {'on - off':>9s}")
+        worse = []
+        for a, b in zip(off, on, strict=True):
+            diff = b["agree"] - a["agree"]
+            print(f"{a['domain']:16s} {a['agree']:9.0f}% {b['agree']:9.0f}% {diff:+8.0f}")
+            if diff < -0.5:
+                worse.append(a["domain"])
+        print("adaptation wins or ties on every domain" if not worse else
+              f"adaptation loses on: {', '.join(worse)}")
 
     def _wait_for_node(self, node) -> None:
         """Until the node is active: its camera subscription matches our publisher."""
@@ -157,13 +185,17 @@ class _Demo:
                 result["photo"], result["e2e_ms"] = photo, (time.monotonic() - t_pub) * 1e3
                 self.results[phase].append(result)
 
-    def _stream(self) -> None:
+    def _stream(self) -> list[dict]:
+        """One pass of the schedule; a row per domain (also printed)."""
         period = 1.0 / self.args.rate
-        print(f"\ncamera: {len(PHOTOS)} photos at {self.args.rate:g} Hz, 640x480 rgb8, "
+        with self.lock:
+            self.sent.clear()
+            self.results.clear()
+        print(f"camera: {len(PHOTOS)} photos at {self.args.rate:g} Hz, 640x480 rgb8, "
               f"severity {self.args.severity}\n")
         print(f"{'domain':16s} {'sent':>5s} {'classified':>10s} {'agree w/ clean':>14s} "
               f"{'adapt steps':>11s} {'bank':>4s} {'infer ms p50':>12s} {'e2e ms p50':>10s}")
-        clean_top1: dict[int, int] = {}
+        rows = []
         tick, n = time.monotonic(), 0
         for index, phase in enumerate(self.phases):
             end = tick + phase.seconds
@@ -176,23 +208,23 @@ class _Demo:
                 n, sent, tick = n + 1, sent + 1, tick + period
                 time.sleep(max(0.0, tick - time.monotonic()))
             time.sleep(0.3)  # let in-flight results arrive
-            self._print_row(index, phase.domain, sent, clean_top1)
+            rows.append(self._print_row(index, phase.domain, sent))
+        return rows
 
-    def _print_row(self, index: int, domain: str, sent: int, clean_top1: dict) -> None:
+    def _print_row(self, index: int, domain: str, sent: int) -> dict:
         with self.lock:
             rows = list(self.results[index])
-        top1 = {}
-        for r in rows:
-            top1.setdefault(r["photo"], r["results"][0]["class_index"])
-        if domain == "clean" and not clean_top1:
-            clean_top1.update(top1)
-        agree = [r["results"][0]["class_index"] == clean_top1.get(r["photo"]) for r in rows
-                 if r["photo"] in clean_top1]
+        if domain == "clean" and not self.clean_top1:   # the unadapted model's (run 1)
+            for r in rows:
+                self.clean_top1.setdefault(r["photo"], r["results"][0]["class_index"])
+        agree = [r["results"][0]["class_index"] == self.clean_top1.get(r["photo"]) for r in rows
+                 if r["photo"] in self.clean_top1]
         last = rows[-1] if rows else {"adaptation_steps": 0, "bank_entries": 0}
-        print(f"{domain:16s} {sent:5d} {len(rows):10d} "
-              f"{100 * np.mean(agree) if agree else float('nan'):13.0f}% "
+        share = 100 * float(np.mean(agree)) if agree else float("nan")
+        print(f"{domain:16s} {sent:5d} {len(rows):10d} {share:13.0f}% "
               f"{last['adaptation_steps']:11d} {last['bank_entries']:4d} "
               f"{_p50(rows, 'inference_ms'):12.1f} {_p50(rows, 'e2e_ms'):10.1f}", flush=True)
+        return {"domain": domain, "agree": share}
 
 
 def _p50(rows: list[dict], key: str) -> float:

@@ -9,6 +9,7 @@ import os
 import torch
 
 from zoa_ros.core.data.corruptions import ALL_NAMES, CORRUPTIONS, SEVERITIES
+from zoa_ros.core.data.domain_schedule import parse_schedule
 from zoa_ros.core.data.labelled_images import labelled_images
 from zoa_ros.core.data.stream import (
     CorruptionStream,
@@ -30,6 +31,11 @@ from zoa_ros.tools.evaluation_cli import (
     run_evaluation,
 )
 from zoa_ros.tools.packs import resolve_pack
+from zoa_ros.tools.stream_options import (
+    SCHEDULE_HELP,
+    add_order_arguments,
+    check_order_arguments,
+)
 
 __all__ = ["add_parser", "build_stream", "evaluate", "parse_method_config", "run"]
 
@@ -49,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated domains in stream order ('clean' allowed); "
                         "default: the 15 ImageNet-C corruptions in standard order")
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=5)
+    p.add_argument("--schedule", metavar="SPEC",
+                   help="instead of --corruptions/--rounds, visits of their own length and "
+                        f"severity: {SCHEDULE_HELP}; the frames make-bag writes for the same "
+                        "options")
     p.add_argument("--rounds", type=int, default=1, help="times the domain sequence repeats")
     p.add_argument("--same-order", action="store_true",
                    help="every round replays each domain's frames in round 1's order (default: "
@@ -60,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int,
                    help="processes computing corruptions ahead of the model (default: half the "
                         "CPUs, at most 8; 0: in this process)")
+    add_order_arguments(p)
     add_method_arguments(p)
     p.add_argument("--stats-every", type=int, metavar="N",
                    help="streaming: statistics that follow the frames (norm, zoa) take the "
@@ -76,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--rounds, --batch-size and --limit must be >= 1")
     args.pack = str(resolve_pack(args.pack))
+    check_order_arguments(args)
+    visits = None if args.schedule is None else parse_schedule(args.schedule)
+    if visits is not None and args.layout == "imagenet-c":
+        raise ValueError("--schedule is for the folder layout")
+    if visits is not None and (args.rounds != 1 or args.same_order):
+        raise ValueError("--schedule gives every visit: not with --rounds or --same-order")
     pack = ModelPack.load(args.pack)
     parse_method_config(args.method_config, args.methods)  # fail before reading the data
     check_bank_arguments(args, pack)
@@ -94,7 +111,8 @@ def build_stream(args: argparse.Namespace, pack: ModelPack) -> FrameStream:
             raise ValueError("an ImageNet-C tree has no 'clean' domain")
         return ImageNetCStream(args.data, args.corruptions, pre.crop, pre.input_size[1:],
                                severity=args.severity, rounds=args.rounds, seed=args.seed,
-                               limit=args.limit, same_order=args.same_order)
+                               limit=args.limit, same_order=args.same_order,
+                               stream_order=args.order, dwell=args.dwell)
     pairs = labelled_images(args.data, args.labels)
     ids = subset(len(pairs), args.limit, args.seed)
     crops = load_crops([pairs[i][0] for i in ids], pre.crop)
@@ -103,9 +121,12 @@ def build_stream(args: argparse.Namespace, pack: ModelPack) -> FrameStream:
         workers = min(8, cpus // 2) if len(ids) >= _POOL_MIN_FRAMES else 0
     if workers and args.device == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), cpus - workers)))
-    return CorruptionStream(crops, [pairs[i][1] for i in ids], ids, args.corruptions,
+    visits = None if args.schedule is None else parse_schedule(args.schedule)
+    corruptions = args.corruptions if visits is None else ()
+    return CorruptionStream(crops, [pairs[i][1] for i in ids], ids, corruptions,
                             severity=args.severity, rounds=args.rounds, seed=args.seed,
-                            workers=workers, same_order=args.same_order)
+                            workers=workers, same_order=args.same_order, visits=visits,
+                            stream_order=args.order, dwell=args.dwell)
 
 
 def corruption_list(text: str) -> list[str]:

@@ -145,7 +145,7 @@ def write_outputs(args: argparse.Namespace, pack: ModelPack, stream: FrameStream
     }
     if "bank_files" in result:
         result["config"]["bank_files"] = result.pop("bank_files")
-    atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
+    atomic_write_bytes(args.json, json.dumps(result, indent=1, default=str).encode())
     if args.report:
         from zoa_ros.tools.report import write_report
         write_report(result, args.report)

@@ -3,7 +3,8 @@ camera topic and a label topic, corrupted on the fly as ``zoa-ros evaluate`` cor
 
 Frames come from the schedule (:mod:`zoa_ros.core.data.domain_schedule`): ``clean:N,fog:N`` over a
 folder of N images gives the frames ``zoa-ros evaluate --corruptions clean,fog`` scores, in the
-same order with the same corruption seeds; with ``--crop-for PACK`` they are also the same
+same order with the same corruption seeds (and ``--schedule S`` those of ``evaluate --schedule
+S``; ``--order`` and ``--dwell`` as evaluate's); with ``--crop-for PACK`` they are also the same
 pixels, so ``zoa-ros replay`` on the bag reproduces the evaluate numbers exactly.
 """
 
@@ -26,6 +27,11 @@ from zoa_ros.core.data.domain_schedule import parse_schedule, scheduled_frames
 from zoa_ros.core.data.labelled_images import labelled_images
 from zoa_ros.core.data.stream import load_crops
 from zoa_ros.core.files.images import find_images
+from zoa_ros.tools.stream_options import (
+    SCHEDULE_HELP,
+    add_order_arguments,
+    check_order_arguments,
+)
 
 DEFAULT_START_S = 1_700_000_000.0  # header stamp of the first frame: fixed, so bags reproduce
 
@@ -40,12 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                          "DATA/labels.csv")
     labels.add_argument("--no-labels", action="store_true",
                         help="any images, no label topic (an unlabelled recording)")
-    p.add_argument("--schedule", required=True, metavar="SPEC",
-                   help="DOMAIN:FRAMES,... in stream order, e.g. clean:200,fog:200 (domains: "
-                        "'clean' or a corruption name)")
+    p.add_argument("--schedule", required=True, metavar="SPEC", help=SCHEDULE_HELP)
     p.add_argument("--severity", type=int, choices=SEVERITIES, default=5)
     p.add_argument("--seed", type=int, default=0,
                    help="image order and corruption seeds, as evaluate's --seed")
+    add_order_arguments(p)
     p.add_argument("--rate", type=float, default=15.0, help="frames per second (header stamps)")
     p.add_argument("--start", type=float, default=DEFAULT_START_S,
                    help="header stamp of the first frame, seconds since the epoch")
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.rate > 0:
         raise ValueError("--rate must be > 0")
     visits = parse_schedule(args.schedule)
+    check_order_arguments(args, labelled=not args.no_labels)
     if Path(args.out).exists() and not args.force:
         raise ValueError(f"{args.out} exists; pass --force to replace it")
     if args.no_labels:
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     start_ns = round(args.start * 1e9)
     period_ns = 1e9 / args.rate
     provenance = {"schedule": args.schedule, "severity": args.severity, "seed": args.seed,
+                  "order": str(args.order), "dwell": args.dwell,
                   "rate": args.rate, "images": len(paths), "data": str(args.data),
                   "resize": args.resize, "crop_for": args.crop_for}
     writer = BagWriter(args.out, storage=args.storage, image_topic=args.topic,
@@ -95,10 +102,14 @@ def run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() or bool(os.environ.get("ZOA_PROGRESS"))
     with writer as bag, tqdm(total=total, unit="frame", desc="make-bag", file=sys.stderr,
                              disable=not progress, dynamic_ncols=True) as bar:
-        for i, f in enumerate(scheduled_frames(visits, len(images), args.seed)):
-            frame = corrupt(images[f.image], f.domain, args.severity, f.seed)
-            bag.write(frame, start_ns + round(i * period_ns),
-                      None if classes is None else classes[f.image], f.domain)
+        held: tuple[tuple[str, int], np.ndarray] | None = None   # the frame a dwell repeats
+        for i, f in enumerate(scheduled_frames(visits, len(images), args.seed, labels=classes,
+                                               stream_order=args.order, dwell=args.dwell)):
+            if held is None or held[0] != (f.name, f.image):
+                severity = args.severity if f.severity is None else f.severity
+                held = (f.name, f.image), corrupt(images[f.image], f.domain, severity, f.seed)
+            bag.write(held[1], start_ns + round(i * period_ns),
+                      None if classes is None else classes[f.image], f.name)
             bar.update(1)
     size = sum(p.stat().st_size for p in Path(args.out).iterdir())
     print(f"{args.out}: {total} frames of {len(paths)} images on {args.topic} "

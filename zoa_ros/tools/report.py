@@ -10,17 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
+from zoa_ros.core.eval.harm import HEAD_FRAMES, harm_table
 from zoa_ros.core.files.atomic import atomic_write_bytes
 
 
-def write_report(result: dict, folder: str | Path) -> list[Path]:
+def write_report(result: dict, folder: str | Path, against: dict | None = None,
+                 against_name: str = "the other run") -> list[Path]:
     """Write ``report.md`` and the plot into ``folder``; returns their paths. The plot is
     ``accuracy.png`` for a labelled stream, else ``agreement.png`` (``entropy.png`` without the
-    reference method ``none``)."""
+    reference method ``none``). ``against``: another result on the same stream layout, compared
+    method by method (:func:`comparison_section`)."""
     folder = Path(folder)
     metric = plot_metric(result)
     md = folder / "report.md"
-    atomic_write_bytes(md, markdown(result).encode())
+    text = markdown(result)
+    if against is not None:
+        text += "\n".join(comparison_section(result, against, against_name)) + "\n"
+    atomic_write_bytes(md, text.encode())
     if metric is None:   # a live replay without labels has no per-frame curve
         return [md]
     png = folder / ("accuracy.png" if metric == "acc" else f"{metric}.png")
@@ -76,6 +82,7 @@ def markdown(result: dict) -> str:
                                              for m in methods]]))
         lines.append(_row(["**all**", *[f"**{_fmt(runs[m]['mean_acc'], '{:.2f}')}**"
                                         for m in methods]]))
+        lines += harm_section(harm_table(result))
         lines += _recovery_table(result)
         lines += _position_table(result)
     else:
@@ -183,6 +190,83 @@ def _domain_table(result: dict, title: str, key: str, fmt: str,
         lines.append(_row(["", "**mean**", "",
                            *[f"**{_fmt(runs[m].get(mean_key), fmt)}**" for m in methods]]))
     return lines
+
+
+def harm_section(harm: dict | None) -> list[str]:
+    """The harm table: per domain each method's accuracy minus the reference's on the same
+    frames (whole segment, and its first frames), then mean, worst domain and clean segments."""
+    if not harm or not harm["methods"]:
+        return []
+    ref, head = harm["reference"], harm["head_frames"]
+    methods = list(harm["methods"])
+    runs = [harm["methods"][m] for m in methods]
+    lines = ["", f"## Harm: accuracy minus `{ref}`'s on the same frames (points)", "",
+             f"Per domain, whole segment / its first {head} frames; negative = adapting cost "
+             "accuracy. Clean segments in bold. With a shift gate, in brackets: the share of the "
+             "domain's frames it let adaptation classify.", "",
+             _row(["round", "domain", "frames", *methods]),
+             _row(["---:", "---", "---:", *["---:"] * len(methods)])]
+    for i, d in enumerate(runs[0]["domains"]):
+        name = f"**{d['name']}**" if d["clean"] else d["name"]
+        lines.append(_row([d["round"], name, d["frames"], *[_harm_cell(r["domains"][i])
+                                                             for r in runs]]))
+    summary = [("mean over domains", lambda r: _fmt(r["mean_diff"], "{:+.2f}")),
+               (f"mean, first {head} frames", lambda r: _fmt(r["mean_diff_head"], "{:+.2f}")),
+               ("worst domain", lambda r: f"{r['worst']['name']} (round {r['worst']['round']}) "
+                                          f"{r['worst']['diff']:+.2f}"),
+               ("clean segments: worst / mean",
+                lambda r: f"{_fmt(r['clean_worst_diff'], '{:+.2f}')} / "
+                          f"{_fmt(r['clean_mean_diff'], '{:+.2f}')} "
+                          f"({r['clean_segments']} segments)"),
+               ("shifted domains: worst / mean",
+                lambda r: f"{_fmt(r['shifted_worst_diff'], '{:+.2f}')} / "
+                          f"{_fmt(r['shifted_mean_diff'], '{:+.2f}')}")]
+    lines += ["", _row(["", *methods]), _row(["---", *["---:"] * len(methods)])]
+    lines += [_row([f"**{title}**", *[cell(r) for r in runs]]) for title, cell in summary]
+    return lines
+
+
+def comparison_section(result: dict, other: dict, name: str) -> list[str]:
+    """Per domain, each method's accuracy minus its accuracy in ``other`` (the same stream
+    layout, e.g. the same mission started from another knowledge bank), over the whole domain
+    and its first frames; then the means."""
+    methods = [m for m in result["methods"] if m in other.get("methods", {})]
+    if not methods:
+        raise ValueError("the two results have no method in common")
+    ours, theirs = result["methods"], other["methods"]
+    layout = [(d["name"], d["round"], d["frames"]) for d in ours[methods[0]]["domains"]]
+    if layout != [(d["name"], d["round"], d["frames"]) for d in theirs[methods[0]]["domains"]]:
+        raise ValueError("the two results are over different streams (domains, rounds, frames)")
+    head = HEAD_FRAMES
+    lines = ["", f"## Against {name} (points: this run minus that one)", "",
+             f"Per domain, whole segment / its first {head} frames.", "",
+             _row(["round", "domain", "frames", *methods]),
+             _row(["---:", "---", "---:", *["---:"] * len(methods)])]
+    sums = {m: [0.0, 0.0, 0] for m in methods}
+    for i, (domain, round_, frames) in enumerate(layout):
+        cells = []
+        for m in methods:
+            a, b = ours[m]["domains"][i], theirs[m]["domains"][i]
+            diff = _sub(a.get("acc"), b.get("acc"))
+            diff_head = _sub(a.get("acc_head"), b.get("acc_head"))
+            if diff is not None and diff_head is not None:
+                total = sums[m]
+                total[0], total[1], total[2] = total[0] + diff, total[1] + diff_head, total[2] + 1
+            cells.append(f"{_fmt(diff, '{:+.2f}')} / {_fmt(diff_head, '{:+.2f}')}")
+        lines.append(_row([round_, domain, frames, *cells]))
+    lines.append(_row(["", "**mean**", "", *[
+        f"**{t[0] / t[2]:+.2f} / {t[1] / t[2]:+.2f}**" if t[2] else "—"
+        for t in sums.values()]]))
+    return lines
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _harm_cell(row: dict) -> str:
+    cell = f"{_fmt(row['diff'], '{:+.2f}')} / {_fmt(row['diff_head'], '{:+.2f}')}"
+    return cell if row.get("adapting") is None else f"{cell} ({row['adapting']:.0f} %)"
 
 
 def _recovery_table(result: dict) -> list[str]:
@@ -321,18 +405,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "evaluate / replay result (its --json file) again")
     p.add_argument("result", help="the JSON an evaluate or replay run wrote with --json")
     p.add_argument("--out", required=True, help="folder for report.md and the plot")
+    p.add_argument("--against", metavar="OTHER.json",
+                   help="another result over the same stream (e.g. the same mission from an "
+                        "empty knowledge bank): adds each method's per-domain difference")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.result)
+    result = _read_result(Path(args.result))
+    against = None if args.against is None else _read_result(Path(args.against))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for written in write_report(result, args.out, against, f"`{args.against}`"):
+        print(written)
+    if against is not None:
+        print("\n".join(comparison_section(result, against, args.against)))
+    return 0
+
+
+def _read_result(path: Path) -> dict:
     try:
         result = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not a JSON result ({e})") from e
     if not isinstance(result, dict) or not isinstance(result.get("methods"), dict):
         raise ValueError(f"{path}: not an evaluate or replay result (no 'methods' object)")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    for written in write_report(result, args.out):
-        print(written)
-    return 0
+    return result

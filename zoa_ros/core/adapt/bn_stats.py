@@ -42,7 +42,7 @@ a mix. LayerNorm models have no BatchNorm: the helper then does nothing (``activ
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,13 +53,13 @@ from zoa_ros.core.adapt.fused_norm import fuse_norms
 from zoa_ros.core.adapt.params import (
     BATCH,
     RUNNING,
+    SOURCE,
     BnStats,
     ForwardContext,
     ParamSet,
     ParamStore,
 )
 
-SOURCE = "source"
 MODES = (BATCH, RUNNING, SOURCE)
 
 STREAMING_REASON = ("BatchNorm normalises with the statistics of the predicted batch "
@@ -120,16 +120,12 @@ def frame_moments(inputs: dict[int, torch.Tensor]) -> Sink:
     return {i: (x.mean(dim=(2, 3)), (x * x).mean(dim=(2, 3))) for i, x in inputs.items()}
 
 
-def fold_frames_later(store: ParamStore, inputs: dict[int, torch.Tensor], rho: float) -> None:
-    """Fold one observed forward pass's frames into ``store``'s estimate at its next
-    :meth:`~ParamStore.settle`, which computes their moments from the BatchNorm ``inputs``
-    (a ``frame_sink``) then.
-
-    A frame's own prediction never uses its moments, only the frames after it do, and every
-    forward pass that reads the estimate settles first; so the result is the same as folding
-    at once, while the caller can publish the prediction before paying for the moments (a full
-    pass over every BatchNorm input, ~100 reductions). The inputs must not be changed in place
-    meanwhile (timm's CNNs never do; checked)."""
+def frames_fold(store: ParamStore, inputs: dict[int, torch.Tensor], rho: float
+                ) -> Callable[[], None]:
+    """The work that folds one observed forward pass's frames into ``store``'s estimate,
+    computing their moments from the BatchNorm ``inputs`` (a ``frame_sink``) when it runs; see
+    :func:`fold_frames_later`. The inputs must not be changed in place meanwhile (timm's CNNs
+    never do; checked)."""
     versions = {i: x._version for i, x in inputs.items()}
 
     def fold() -> None:
@@ -139,7 +135,19 @@ def fold_frames_later(store: ParamStore, inputs: dict[int, torch.Tensor], rho: f
         sink = frame_moments(inputs)
         store.update_stats(lambda stats: fold_frames(stats, sink, rho))
 
-    store.defer(fold)
+    return fold
+
+
+def fold_frames_later(store: ParamStore, inputs: dict[int, torch.Tensor], rho: float) -> None:
+    """Fold one observed forward pass's frames into ``store``'s estimate at its next
+    :meth:`~ParamStore.settle`, which computes their moments from the BatchNorm ``inputs``
+    (a ``frame_sink``) then.
+
+    A frame's own prediction never uses its moments, only the frames after it do, and every
+    forward pass that reads the estimate settles first; so the result is the same as folding
+    at once, while the caller can publish the prediction before paying for the moments (a full
+    pass over every BatchNorm input, ~100 reductions)."""
+    store.defer(frames_fold(store, inputs, rho))
 
 
 def check_momenta(momentum: float, frame_momentum: float, prior: float = 0.0) -> None:
@@ -209,12 +217,11 @@ class BatchNormStats:
         ``ctx.bn_sink``; ``running`` forwards inside :meth:`observing` also fold their frames
         into the estimate when ``frame_momentum`` is set (after the block, if it did not
         raise)."""
-        norm = RUNNING if mode == SOURCE else mode
         if mode == RUNNING:
             self.store.settle()
         params = self._initial if mode == SOURCE else self.store.published
         frames = mode == RUNNING and self.frame_momentum > 0 and self._observing
-        with self.store.using(params, norm, collect and mode == BATCH, frames) as ctx:
+        with self.store.using(params, mode, collect and mode == BATCH, frames) as ctx:
             yield ctx
         if ctx.frame_sink:
             fold_frames_later(self.store, ctx.frame_sink, self.frame_momentum)

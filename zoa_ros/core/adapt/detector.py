@@ -13,13 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def jeffreys(m_d: torch.Tensor, v_d: torch.Tensor, m_c: torch.Tensor, v_c: torch.Tensor,
-             eps: float = 1e-8) -> float:
-    """Channel mean of the symmetric KL between N(m_d, v_d) and N(m_c, v_c)."""
-    sq = (m_d - m_c) ** 2
-    d = (v_d + sq) / (2 * v_c + eps) - 0.5 + (v_c + sq) / (2 * v_d + eps) - 0.5
-    return float(d.mean())
+from zoa_ros.core.model.shift_reference import jeffreys
 
 
 @dataclass(frozen=True)

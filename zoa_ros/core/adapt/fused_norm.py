@@ -12,10 +12,12 @@ BatchNorm models: every ``BatchNorm2d`` (including timm's ``BatchNormAct2d``, wh
 and ``act`` are kept) is replaced, adapted or not, because ZOA's CNN variant normalises with
 test statistics in all of them. Each forward reads its normalisation from the thread's
 :class:`~zoa_ros.core.adapt.params.ForwardContext`: ``batch`` (current batch mean/var, the
-paper's protocol) or ``running`` (the parameter set's running estimate of the test statistics,
-initialised from the source running buffers, for single-frame streaming inference; the context's
-``frame_sink``, when set, receives each layer's input so the caller can fold the frames' moments
-into that estimate, see :func:`~zoa_ros.core.adapt.bn_stats.fold_frames_later`).
+paper's protocol), ``running`` (the parameter set's running estimate of the test statistics,
+initialised from the source running buffers, blended with them by :func:`blend_source`, for
+single-frame streaming inference; the context's ``frame_sink``, when set, receives each
+layer's input so the caller can fold the frames' moments into that estimate, see
+:func:`~zoa_ros.core.adapt.bn_stats.fold_frames_later`) or ``source`` (the source running
+buffers, exactly as the unadapted model).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoa_ros.core.adapt.params import BATCH, NormSlot, ParamLayout, ParamStore
+from zoa_ros.core.adapt.params import (
+    BATCH,
+    SOURCE,
+    ForwardContext,
+    NormSlot,
+    ParamLayout,
+    ParamSet,
+    ParamStore,
+)
 from zoa_ros.core.runtime.prediction_first import yield_point
 
 
@@ -105,20 +115,23 @@ class FusedBatchNorm(nn.BatchNorm2d):
             x = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         return self.act(self.drop(x))
 
-    def _running_stats(self, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, var = ctx.params.bn_stats[self.index]
-        w = self.store.stats_prior
-        if w > 0:   # a mixture of the source and the test distribution
-            gap = mean - self.running_mean
-            mean, var = (self.running_mean + (1 - w) * gap,
-                         (1 - w) * var + w * self.running_var + w * (1 - w) * gap * gap)
-        return mean, var
+    def _running_stats(self, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(mean, var)`` a ``running`` or ``source`` forward normalises with."""
+        layers = self.store.stats_layers
+        if ctx.norm == SOURCE or (layers is not None and self.index >= layers):
+            return self.running_mean, self.running_var
+        if ctx.params.bn_norm is not None:
+            return ctx.params.bn_norm[self.index]
+        return blend_source(*ctx.params.bn_stats[self.index], self.running_mean,
+                            self.running_var, self.store.stats_prior)
 
-    def prediction_norm(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(mean, var, weight, bias)`` a prediction on this thread normalises single frames
-        with (the published set, running statistics), for runtimes that fold them into their
-        own weights. ``ValueError`` when predictions use batch statistics."""
-        ctx = self.store.context()
+    def prediction_norm(self, pinned: tuple[ParamSet, str] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, var, weight, bias)`` a prediction normalises single frames with - on this
+        thread, or with ``pinned`` (parameter set, normalisation; e.g. the source model while
+        ZOA's shift gate is closed) - for runtimes that fold them into their own weights.
+        ``ValueError`` when predictions use batch statistics."""
+        ctx = ForwardContext(*pinned) if pinned is not None else self.store.context()
         if ctx.norm == BATCH:
             raise ValueError("predictions normalise with the statistics of each batch "
                              "(bn_stats: batch); there is no single normalization to fold")
@@ -129,6 +142,18 @@ class FusedBatchNorm(nn.BatchNorm2d):
     def extra_repr(self) -> str:
         adapted = "frozen" if self.slot is None else f"slot={self.slot.name!r}"
         return f"{self.num_features}, eps={self.eps}, {adapted}"
+
+
+def blend_source(mean: torch.Tensor, var: torch.Tensor, source_mean: torch.Tensor,
+                 source_var: torch.Tensor, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics a ``running`` BatchNorm normalises with: the mixture of the source
+    distribution (weight ``prior``) and the test estimate ``(mean, var)``; the estimate itself
+    when ``prior`` is 0 (METHOD.md §10)."""
+    if prior <= 0:
+        return mean, var
+    gap = mean - source_mean
+    return (source_mean + (1 - prior) * gap,
+            (1 - prior) * var + prior * source_var + prior * (1 - prior) * gap * gap)
 
 
 def _batch_norm_with_stats(x: torch.Tensor, weight: torch.Tensor | None,

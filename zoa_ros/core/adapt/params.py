@@ -26,6 +26,7 @@ import torch
 # Normalisation used by fused BatchNorm layers in a forward pass.
 BATCH = "batch"      # statistics of the current batch (paper protocol, adaptation forwards)
 RUNNING = "running"  # the parameter set's running estimate of the test statistics
+SOURCE = "source"    # the source running statistics, as the unadapted model (no prior blend)
 LAYER = "layer"      # LayerNorm models: there are no batch statistics (tag only)
 
 BnStats = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # one (mean, var) per BatchNorm
@@ -82,7 +83,8 @@ class ParamSet:
     ``bank`` has ``K + 1`` rows, row 0 being the all-zero source entry; ``alpha`` the ``K + 1``
     mixing logits (weights ``softmax(alpha_scale · alpha)``). ``bn_stats`` holds one
     ``(mean, var)`` pair per BatchNorm layer of the model (adapted or not) for ``running``
-    normalisation; ``shift_h`` the activation-shift history ``h`` (``None`` = no shift).
+    normalisation (the running estimate; ``bn_norm``, when set, what is normalised with);
+    ``shift_h`` the activation-shift history ``h`` (``None`` = no shift).
     ``version`` increases with every published set.
     """
 
@@ -92,6 +94,9 @@ class ParamSet:
     bank: torch.Tensor
     alpha_scale: float
     bn_stats: BnStats = ()
+    # What ``running`` BatchNorms normalise with, when set (recomputed every few frames from
+    # ``bn_stats`` by the method, e.g. ZOA's shift-scaled trust); else the store's blend.
+    bn_norm: BnStats | None = None
     shift_h: torch.Tensor | None = None
     version: int = 0
     effective: torch.Tensor = field(init=False, repr=False)
@@ -144,10 +149,14 @@ class ParamStore:
     """The published :class:`ParamSet`, per-thread forward contexts, and at most one piece of
     deferred work on the set (:meth:`defer`, :meth:`settle`)."""
 
-    def __init__(self, default_norm: str, stats_prior: float = 0.0) -> None:
+    def __init__(self, default_norm: str, stats_prior: float = 0.0,
+                 stats_layers: int | None = None) -> None:
         self.default_norm = default_norm
         # Share of the source statistics blended into ``running`` normalisation (fused_norm).
         self.stats_prior = float(stats_prior)
+        # ``running`` normalisation uses test statistics in the first ``stats_layers``
+        # BatchNorms only (module order); the others keep the source ones. None: all.
+        self.stats_layers = stats_layers
         self._published: ParamSet | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -164,21 +173,27 @@ class ParamStore:
     def publish(self, params: ParamSet, keep_stats: bool = False) -> None:
         """Make ``params`` the set that new forward passes pin (one reference swap).
 
-        ``keep_stats``: keep the published set's ``bn_stats`` instead of ``params``' (an
-        adaptation step built ``params`` from an older snapshot while predictions in another
-        thread kept folding frames into the statistics)."""
+        ``keep_stats``: keep the published set's ``bn_stats`` and ``bn_norm`` instead of
+        ``params``' (an adaptation step built ``params`` from an older snapshot while
+        predictions in another thread kept folding frames into the statistics)."""
         with self._lock:
             if keep_stats and self._published is not None:
-                params = params.replace(bn_stats=self._published.bn_stats)
+                params = params.replace(bn_stats=self._published.bn_stats,
+                                        bn_norm=self._published.bn_norm)
             self._published = params
 
     def update_stats(self, fold: Callable[[BnStats], BnStats]) -> None:
         """Replace the published set's ``bn_stats`` with ``fold(bn_stats)``, atomically
         (read-modify-write under the lock; the version is unchanged)."""
+        self.update(lambda params: {"bn_stats": fold(params.bn_stats)})
+
+    def update(self, change: Callable[[ParamSet], dict]) -> None:
+        """Replace fields of the published set by ``change(published)``'s, atomically
+        (read-modify-write under the lock; the version is unchanged)."""
         with self._lock:
             if self._published is None:
                 raise RuntimeError("no parameter set published yet")
-            self._published = self._published.replace(bn_stats=fold(self._published.bn_stats))
+            self._published = self._published.replace(**change(self._published))
 
     def defer(self, work: Callable[[], None]) -> None:
         """Run ``work`` at the next :meth:`settle` (work deferred earlier runs first)."""

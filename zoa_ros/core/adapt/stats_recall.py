@@ -26,6 +26,12 @@ frames. On a change it
    ``threshold`` gives the statistics to normalise with from now on - already for the frames
    whose forward pass is running (:meth:`observe` runs in the stem's forward hook).
 
+With ZOA's shift gate (:mod:`.shift_gate`) the gate decides when a domain begins and ends, and
+the memory has no watch of its own: :meth:`remember` stores a domain that ended, keyed by its
+frames' mean and *scene variance* (which a contrast change scales for every scene alike, where
+the pooled variance mixes in how much the scenes differ), and :meth:`find` looks a new one up
+at the gate's calibrated change threshold.
+
 No entry within the threshold (a domain not seen before): the running estimate is kept and
 follows the new domain by the frames rule. The memory costs no forward pass.
 """
@@ -40,7 +46,8 @@ import torch
 
 from zoa_ros.core.adapt.detector import DomainDetector, jeffreys
 from zoa_ros.core.adapt.params import BnStats
-from zoa_ros.core.adapt.taps import EarlyStats
+from zoa_ros.core.model.features import EarlyStats
+from zoa_ros.core.model.shift_reference import variance_divergence
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,12 @@ class StatsRecall:
         self._starts: deque[RecallEntry] = deque(maxlen=2)   # the last two windows' starts
         self._lock = threading.Lock()
 
-    def observe(self, early: EarlyStats, frames: int, current: BnStats) -> BnStats | None:
+    def observe(self, early: EarlyStats, frames: int, current: BnStats,
+                unknown: BnStats | None = None) -> BnStats | None:
         """Fold ``frames`` classified frames' stem statistics into the watch; ``current`` is
         the running estimate they are about to be normalised with. Returns the statistics to
-        use instead (a recalled domain), or ``None`` to keep ``current``."""
+        use instead (a recalled domain, or ``unknown`` on a change to a domain the memory does
+        not hold), or ``None`` to keep ``current``."""
         with self._lock:
             if self._pending is None and self.watch.mean is not None:   # a window starts
                 self._starts.append(RecallEntry(self.watch.mean, self.watch.var, current))
@@ -89,7 +98,48 @@ class StatsRecall:
             if self._starts:
                 self._remember(self._starts[0])
             self._starts.clear()
-            return self._lookup(mean, var)
+            found = self._lookup(mean, var)
+            return unknown if found is None else found
+
+    def remember(self, key: tuple[torch.Tensor, torch.Tensor], stats: BnStats,
+                 threshold: float) -> None:
+        """Store a domain the shift gate saw end (its key: mean of frame means and scene
+        variance, :meth:`~.shift_gate.ShiftGate.key`), replacing one it cannot tell apart
+        (:meth:`find` at ``threshold``)."""
+        with self._lock:
+            mean, var = (t.float() for t in key)
+            same = self._closest(var, threshold)
+            if same is not None:
+                del self.entries[same]
+            self.entries.append(RecallEntry(mean, var, tuple(stats)))
+            if len(self.entries) > self.capacity:
+                del self.entries[0]
+
+    def find(self, key: tuple[torch.Tensor, torch.Tensor], threshold: float) -> BnStats | None:
+        """The statistics of the remembered domain whose scene variance is nearest ``key``'s,
+        if within ``threshold`` (:func:`~zoa_ros.core.model.shift_reference.
+        variance_divergence`; the shift gate's change threshold: as close as related content
+        alone puts two windows of one domain)."""
+        with self._lock:
+            hit = self._closest(key[1].float(), threshold)
+            if hit is None:
+                return None
+            entry = self.entries.pop(hit)
+            self.entries.append(entry)   # most recently used last
+            self.recalls += 1
+            return entry.stats
+
+    def _closest(self, var: torch.Tensor, threshold: float) -> int | None:
+        distances = [variance_divergence(e.key_var, var) for e in self.entries]
+        if not distances:
+            return None
+        best = min(range(len(distances)), key=distances.__getitem__)
+        return best if distances[best] <= threshold else None
+
+    def _restart_watch(self) -> None:
+        self.watch.clear()
+        self._pending, self._pending_frames = None, 0
+        self._starts.clear()
 
     def _nearest(self, mean: torch.Tensor, var: torch.Tensor) -> int | None:
         distances = [jeffreys(e.key_mean, e.key_var, mean, var) for e in self.entries]
@@ -139,17 +189,13 @@ class StatsRecall:
                    for r in range(count)]
         with self._lock:
             self.entries = entries[-self.capacity:]
-            self.watch.clear()
-            self._pending, self._pending_frames = None, 0
-            self._starts.clear()
+            self._restart_watch()
 
     def clear(self) -> None:
         with self._lock:
-            self.watch.clear()
             self.entries = []
             self.recalls = 0
-            self._pending, self._pending_frames = None, 0
-            self._starts.clear()
+            self._restart_watch()
 
     @property
     def nbytes(self) -> int:

@@ -44,6 +44,7 @@ import dataclasses
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -58,23 +59,51 @@ from zoa_ros.core.adapt.bn_stats import (
     StatsConfig,
     check_momenta,
     fold_batch,
-    fold_frames_later,
+    frames_fold,
 )
 from zoa_ros.core.adapt.detector import DomainDetector
-from zoa_ros.core.adapt.fused_norm import fuse_norms
+from zoa_ros.core.adapt.fused_norm import blend_source, fuse_norms
 from zoa_ros.core.adapt.layer_select import select_layers
 from zoa_ros.core.adapt.loss import source_statistics, zoa_loss
-from zoa_ros.core.adapt.params import BATCH, LAYER, RUNNING, ParamSet, ParamStore
+from zoa_ros.core.adapt.params import (
+    BATCH,
+    LAYER,
+    RUNNING,
+    SOURCE,
+    BnStats,
+    ParamSet,
+    ParamStore,
+)
 from zoa_ros.core.adapt.presets import load_preset
+from zoa_ros.core.adapt.shift_gate import (
+    CHANGED,
+    CLOSED,
+    OPENED,
+    SETTLED,
+    GateConfig,
+    ShiftGate,
+)
+from zoa_ros.core.adapt.shift_trust import mean_share, trusted_norm
 from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
 from zoa_ros.core.adapt.stats_recall import StatsRecall
-from zoa_ros.core.adapt.taps import EarlyStats, ForwardRecord, ThreadSafeExtractor
+from zoa_ros.core.adapt.taps import ForwardRecord, ThreadSafeExtractor
 from zoa_ros.core.model.factory import model_family
-from zoa_ros.core.model.features import Features
+from zoa_ros.core.model.features import EarlyStats, Features
 from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.core.model.shift_reference import entropy
 from zoa_ros.core.runtime.prediction_first import StepAborted
 
 log = logging.getLogger(__name__)
+
+TRUSTS = ("prior", "shift", "stem")
+
+
+def no_harm_config(on: bool) -> dict:
+    """The settings of no-harm adaptation (METHOD.md §10), or of the always-adapting streaming
+    rule before it: the shift gate, new domains restarted from the source statistics, and trust
+    in test statistics growing with the gate's measured shift. ``no_harm`` in a ZOA config
+    expands to these (keys given explicitly win)."""
+    return {"gate": on, "restart_from_source": on, "trust": "stem" if on else "prior"}
 
 @dataclass(frozen=True)
 class ZOAConfig(StatsConfig):
@@ -106,14 +135,37 @@ class ZOAConfig(StatsConfig):
     stats_reset_on_change: bool = True
     stats_recall: bool = False          # per-domain memory of the running BN statistics
     recall_window: int = 32             # frames per stem-statistics test of that memory
+    gate: bool = False                  # shift gate: the source model while input looks clean
+    gate_window: int = 32               # frames per gate test
+    gate_hop: int = 4                   # frames between gate tests
+    gate_dwell: int = 4                 # frames per distinct view the gate's thresholds assume
+    gate_false_alarm: float = 0.01      # gate openings per test on clean class-ordered input
+    gate_entropy: bool = True           # also open on the source model's prediction entropy
+    gate_probe_every: int = 256         # re-test an entropy-opened gate after this many frames
+    restart_from_source: bool = False   # a domain the memory does not know starts from source
+    trust: str = "prior"                # running BN statistics: "prior" (a fixed stats_prior
+    #                                     share of the source), "shift" (per layer) or "stem"
+    #                                     (grows with the gate's stem divergence), METHOD §10
+    trust_span: float = 8.0             # "stem": full trust at this many times the threshold
+    trust_floor: float = 0.0            # "shift": the source share never falls below this
+    trust_debias: bool = True           # "shift": the frames' own average, not the estimate
+    stats_depth: float = 1.0            # share of the BatchNorms (first in module order) that
+    #                                     normalise single frames with test statistics
     layers: str | list[str] = "auto"
     block_start: int = 1
     block_end_fraction: float | None = None
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(self.gate_window, self.gate_hop, self.gate_dwell,
+                          self.gate_false_alarm, self.gate_entropy, self.gate_probe_every,
+                          self.gate_window // 2)
 
     @classmethod
     def from_dict(cls, values: dict) -> ZOAConfig:
         values = dict(values)
         values.pop("preset", None)
+        if "no_harm" in values:
+            values = {**no_harm_config(bool(values.pop("no_harm"))), **values}
         if "lambda" in values:
             values["lam"] = values.pop("lambda")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -134,9 +186,14 @@ class ZOAConfig(StatsConfig):
             raise ValueError("capacity must be >= 1")
         if self.recall_window < 2:
             raise ValueError("recall_window must be >= 2")
+        self.gate_config().validate()
         check_momenta(self.stats_momentum, self.frame_momentum, self.stats_prior)
         if self.bn_stats not in (BATCH, RUNNING):
             raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
+        if self.trust not in TRUSTS:
+            raise ValueError(f"trust must be one of {TRUSTS}, not {self.trust!r}")
+        if not 0.0 <= self.trust_floor <= 1.0:
+            raise ValueError(f"trust_floor must be in [0, 1], not {self.trust_floor}")
         if not (isinstance(self.alpha_init, int | float) or self.alpha_init == "normal"):
             raise ValueError(f"alpha_init must be a number or 'normal', not {self.alpha_init!r}")
 
@@ -180,7 +237,7 @@ class ZOA(AdaptMethod):
 
     name: ClassVar[str] = "zoa"
     streaming_defaults: ClassVar[dict] = {**STREAMING_STATS, "stats_reset_on_change": False,
-                                          "stats_recall": True}
+                                          "stats_recall": True, "no_harm": True}
 
     def __init__(self, model: nn.Module, pack: ModelPack, config: dict,
                  generator: torch.Generator) -> None:
@@ -195,12 +252,15 @@ class ZOA(AdaptMethod):
         names = select_layers(model, family, cfg.layers, cfg.block_start, cfg.block_end_fraction)
         self._adapt_norm = BATCH if family == "batchnorm" else LAYER
         self._predict_norm = cfg.bn_stats if family == "batchnorm" else LAYER
+        self._source_norm = SOURCE if family == "batchnorm" else LAYER
         self._collect_bn = family == "batchnorm" and cfg.bn_stats == RUNNING
         self._fold_frames = self._collect_bn and cfg.frame_momentum > 0
         self.store = ParamStore(self._predict_norm, cfg.stats_prior)
         model.eval()
         self.device = next(model.parameters()).device
         fusion = fuse_norms(model, names, self.store)
+        if cfg.stats_depth < 1.0:
+            self.store.stats_layers = round(cfg.stats_depth * len(fusion.bn_names))
         self.layout = fusion.layout
         self.bn_names = fusion.bn_names
         self.extractor = ThreadSafeExtractor(model)
@@ -221,6 +281,19 @@ class ZOA(AdaptMethod):
         self.detector = DomainDetector(cfg.domain_t, cfg.detector_momentum, cfg.detect_min_batch)
         self.recall = StatsRecall(cfg.domain_t, cfg.detector_momentum, cfg.recall_window,
                                   cfg.capacity) if self._fold_frames and cfg.stats_recall else None
+        self.gate = self._make_gate(pack)
+        # (key, estimate) at each gate test while adapting, a window back: a domain as it
+        # stood before the frames that ended it
+        self._history: deque = deque(maxlen=cfg.gate_window // cfg.gate_hop + 1)
+        reference = pack.shift_reference
+        self._trust = reference if (cfg.trust == "shift" and self._fold_frames and reference
+                                    is not None and reference.layer_noise) else None
+        # "stem" trust: the source share from the gate's stem divergence, smoothed over tests
+        self._stem_trust = cfg.trust == "stem" and self._fold_frames and self.gate is not None
+        self._shift_level: float | None = None
+        self._folded = 0.0            # frames folded into the estimate since it was the source's
+        self._since_norm = 0          # frames since bn_norm was computed
+        self.trust_weights: list[float] = []   # the last source share per BatchNorm layer
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         # A loaded statistics memory this method does not use (stats_recall off), kept so that
@@ -265,6 +338,10 @@ class ZOA(AdaptMethod):
         if self.recall is not None:
             summary.update(recall_entries=len(self.recall.entries), recalls=self.recall.recalls,
                            recall_bytes=self.recall.nbytes)
+        if self.gate is not None:
+            summary["gate"] = self.gate.summary()
+        if self._trust is not None:
+            summary["source_share"] = mean_share(self.trust_weights)
         return summary
 
     # ---- forward passes -------------------------------------------------------------------
@@ -274,42 +351,189 @@ class ZOA(AdaptMethod):
                 setattr(self.costs, key, getattr(self.costs, key) + value)
 
     def _forward(self, x: torch.Tensor, params: ParamSet, norm: str, early: bool = False,
-                 collect_bn: bool = False, fold: bool = False,
-                 recall: bool = False) -> ForwardRecord:
+                 collect_bn: bool = False, fold: bool = False, recall: bool = False,
+                 gate: bool = False) -> ForwardRecord:
         """One full forward pass of ``x`` with ``params`` pinned for this thread; ``fold``
         (``running`` normalisation) also folds these frames into the running BatchNorm
-        estimate; ``recall`` lets the statistics memory swap that estimate after the stem."""
+        estimate and ``gate`` hands them to the shift gate (both at the next settle);
+        ``recall`` lets the statistics memory swap that estimate after the stem."""
         x = x.to(self.device)
         on_early = self._recall if recall and self.recall is not None else None
         with torch.no_grad(), self.store.using(params, norm, collect_bn, fold) as ctx:
-            features, early_stats = self.extractor.run(x, early=early, on_early=on_early)
+            features, early_stats = self.extractor.run(x, early=early or gate,
+                                                       on_early=on_early)
             logits = self._shifted_logits(features, params)
+        work = []
         if ctx.frame_sink:
-            fold_frames_later(self.store, ctx.frame_sink, self.cfg.frame_momentum)
+            work.append(frames_fold(self.store, ctx.frame_sink, self.cfg.frame_momentum))
+            if self._trust is not None or self._stem_trust:
+                work.append(lambda: self._folded_frames(x.shape[0]))
+        if gate and self.gate is not None and early_stats is not None:
+            work.append(lambda: self._gate_observe(early_stats, logits))
+        if work:
+            self.store.defer(lambda: [step() for step in work])
         self._count(forward_passes=1)
         return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
 
     def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
-        """The prediction forward with the published set; ``observe`` (frames offered for
-        adaptation) also yields the detector statistics and, with the *frames* statistics
-        rule, folds the frames into the running BatchNorm estimate (at the next :meth:`settle`)."""
+        """The prediction forward with the published set - or, while the shift gate says the
+        input looks like the source, with the source model; ``observe`` (frames offered for
+        adaptation) also yields the detector statistics, feeds the gate and, with the *frames*
+        statistics rule, folds the frames into the running BatchNorm estimate (at the next
+        :meth:`settle`)."""
         self.store.settle()
-        rec = self._forward(x, self.store.published, self._predict_norm, early=observe,
-                            fold=observe and self._fold_frames, recall=observe)
+        adapting = self.gate is None or self.gate.adapting
+        params, norm = (self.store.published, self._predict_norm) if adapting else \
+            (self._initial, self._source_norm)
+        rec = self._forward(x, params, norm, early=observe,
+                            fold=observe and self._fold_frames and adapting,
+                            recall=observe and self.gate is None, gate=observe)
         self._count(frames_predicted=x.shape[0])
         return rec
 
+    def prediction_params(self) -> tuple[ParamSet, str]:
+        """The parameter set and normalisation a prediction would use now (the source model's
+        while the shift gate is closed): what another runtime must reproduce per BatchNorm."""
+        self.store.settle()
+        if self.gate is None or self.gate.adapting:
+            return self.store.published, self._predict_norm
+        return self._initial, self._source_norm
+
+    def prediction_statistics(self) -> BnStats:
+        """Per BatchNorm (module order), the ``(mean, var)`` a single-frame prediction
+        normalises with now. They change only every few frames (gate tests, trust refreshes,
+        recalls), so another runtime can fold them into its weights off the classifying
+        thread; the affines are :attr:`ParamSet.effective` of :meth:`prediction_params`."""
+        params, norm = self.prediction_params()
+        if norm == SOURCE:
+            return self._initial.bn_stats
+        if params.bn_norm is not None:
+            return params.bn_norm
+        return tuple(blend_source(m, v, sm, sv, self.store.stats_prior)
+                     for (m, v), (sm, sv) in zip(params.bn_stats, self._initial.bn_stats,
+                                                 strict=True))
+
+    def _make_gate(self, pack: ModelPack) -> ShiftGate | None:
+        if not self.cfg.gate:
+            return None
+        if pack.shift_reference is None:
+            log.warning("the pack has no clean reference for the shift gate (it was calibrated "
+                        "before the gate existed): adapting without it; recalibrate the pack "
+                        "with 'zoa-ros calibrate' for no-harm adaptation")
+            return None
+        return ShiftGate(pack.shift_reference, self.cfg.gate_config())
+
+    def _folded_frames(self, frames: int) -> None:
+        """Deferred work after a fold: every ``gate_hop`` frames recompute what the BatchNorms
+        normalise with (shift-scaled trust)."""
+        self._folded += frames
+        self._since_norm += frames
+        if self._since_norm >= self.cfg.gate_hop:
+            self._refresh_norm()
+
+    def _refresh_norm(self) -> None:
+        """Shift-scaled trust: each BatchNorm's normalisation from the running estimate, the
+        frames behind it and the pack's clean layer noise (:mod:`.shift_trust`)."""
+        self._since_norm = 0
+        cfg = self.cfg
+        stats = self.store.published.bn_stats
+        if self._stem_trust:
+            w = self._stem_share()
+            norm = tuple(blend_source(m, v, sm, sv, w) for (m, v), (sm, sv) in
+                         zip(stats, self._initial.bn_stats, strict=True))
+            self.trust_weights = [w]
+        else:
+            norm, self.trust_weights = trusted_norm(
+                stats, self._initial.bn_stats, self._trust, self._folded, cfg.frame_momentum,
+                cfg.gate_dwell, cfg.trust_floor, cfg.trust_debias)
+        self.store.update(lambda _params: {"bn_norm": norm})
+
+    def _stem_share(self) -> float:
+        """"stem" trust: the source share falls from 1 at the gate's opening threshold to
+        ``stats_prior`` at ``trust_span`` times it, log-linearly in the smoothed divergence."""
+        level, threshold = self._shift_level, self.gate.stem_threshold
+        if level is None or threshold <= 0 or level <= threshold:
+            return 1.0
+        ramp = min(1.0, math.log(level / threshold) / math.log(self.cfg.trust_span))
+        return 1.0 - (1.0 - self.cfg.stats_prior) * ramp
+
+    def _restart_stats(self, stats: BnStats | None, converged: bool) -> None:
+        """Continue from ``stats`` (``None``: the source statistics; ``converged``: a
+        remembered estimate, trusted as one of many frames)."""
+        stats = self._initial.bn_stats if stats is None else stats
+        self.store.update_stats(lambda _current: stats)
+        self._folded = math.inf if converged else 0.0
+        if self._trust is not None or self._stem_trust:
+            self._refresh_norm()
+
+    def _gate_observe(self, stem: EarlyStats, logits: torch.Tensor) -> None:
+        """Deferred work of an observed prediction: the gate's test, and what its events do
+        to the statistics and the memory (METHOD.md §10): a new domain restarts from the source
+        statistics or a remembered domain's; a domain that ends is remembered."""
+        gate = self.gate
+        tests = gate.tests
+        event = gate.observe(stem, float(entropy(logits).mean()))
+        if gate.tests != tests and gate.adapting:   # each test while adapting: the history
+            self._history.append((gate.key(), self.store.published.bn_stats))
+            level, d = self._shift_level, gate.last_divergence
+            self._shift_level = d if level is None else 0.75 * level + 0.25 * d
+        if event is None:
+            return
+        log.info("shift gate %s (stem divergence %s, threshold %.3f; entropy %s, threshold "
+                 "%.3f; change %s, threshold %.3f)", event, _num(gate.last_divergence),
+                 gate.stem_threshold, _num(gate.last_entropy), gate.entropy_threshold,
+                 _num(gate.last_change), gate.change_threshold)
+        if event in (CLOSED, CHANGED):
+            self._remember_domain()
+        if event in (OPENED, CHANGED):
+            self._shift_level = gate.last_divergence
+            self._enter_domain()
+        elif event == SETTLED and self.recall is not None:
+            self._recall_domain(gate.key())
+
+    def _remember_domain(self) -> None:
+        """The domain that just ended, as it stood a window before (its first frames of the
+        new input not yet in), goes into the statistics memory."""
+        if self.recall is not None and len(self._history) == self._history.maxlen:
+            key, stats = self._history[0]
+            if key is not None:
+                self.recall.remember(key, stats, self.gate.change_threshold)
+        self._history.clear()
+
+    def _enter_domain(self) -> None:
+        """A new shifted domain: the source statistics to start from, no shift history. Its
+        frames so far are few, or mixed with the previous input's: the memory is asked once a
+        window holds only the new domain (``settled``)."""
+        if self.cfg.restart_from_source:
+            self._restart_stats(None, converged=False)
+        params = self.store.published
+        self.store.publish(params.replace(shift_h=None, version=params.version + 1),
+                           keep_stats=True)
+
+    def _recall_domain(self, key: tuple | None) -> None:
+        stats = None if key is None else self.recall.find(key, self.gate.change_threshold)
+        if stats is not None:
+            self._restart_stats(stats, converged=True)
+            log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
+                     len(self.recall.entries))
+
     def _recall(self, early: EarlyStats, frames: int) -> None:
         """Stem hook of an observed prediction: on a change to a remembered domain, normalise
-        this forward pass and the following ones with that domain's statistics."""
+        this forward pass and the following ones with that domain's statistics (a domain the
+        memory does not know starts from the source ones with ``restart_from_source``)."""
         ctx = self.store.context()
-        stats = self.recall.observe(early, frames, ctx.params.bn_stats)
+        restart = self._initial.bn_stats if self.cfg.restart_from_source else None
+        stats = self.recall.observe(early, frames, ctx.params.bn_stats, restart)
         if stats is None:
             return
-        ctx.params = ctx.params.replace(bn_stats=stats)
-        self.store.update_stats(lambda _current: stats)
-        log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
-                 len(self.recall.entries))
+        if self._trust is None:
+            ctx.params = ctx.params.replace(bn_stats=stats)
+            self.store.update_stats(lambda _current: stats)
+        else:   # what BatchNorms normalise with changes from the next frame on
+            self.store.defer(lambda: self._restart_stats(None if stats is restart else stats,
+                                                         converged=stats is not restart))
+        log.info("%s the BatchNorm statistics (%d domains stored)",
+                 "restarted" if stats is restart else "recalled", len(self.recall.entries))
 
     def _shifted_logits(self, features: Features, params: ParamSet) -> torch.Tensor:
         shift = self._shift(params)
@@ -322,9 +546,10 @@ class ZOA(AdaptMethod):
         return self.cfg.shift_step * (target - params.shift_h)
 
     def pre_logits_shift(self) -> torch.Tensor | None:
-        """The activation shift predictions add to the pre-logits feature now (``None``: none),
-        for runtimes that classify with the published parameters elsewhere."""
-        return self._shift(self.params)
+        """The activation shift predictions add to the pre-logits feature now (``None``: none,
+        e.g. while the shift gate keeps the source model), for runtimes that classify with the
+        prediction's parameters elsewhere (:meth:`prediction_params`)."""
+        return self._shift(self.prediction_params()[0])
 
     def _loss(self, features: Features) -> torch.Tensor:
         return zoa_loss(features, self.source_mean, self.source_std, self.tap_sizes,
@@ -361,8 +586,13 @@ class ZOA(AdaptMethod):
         """One step on already-predicted frames ``x``: 2 forwards, or 1 when ``cached`` (the
         record(s) from :meth:`predict_with_record` for exactly these frames, in order) is still
         valid - same parameter version, adaptation normalisation, same batch size. Invalid
-        records are ignored (never an error). The caller guarantees they belong to ``x``."""
+        records are ignored (never an error). The caller guarantees they belong to ``x``.
+        None while the shift gate is closed (the input looks like the source)."""
         with self._adapt_lock:
+            if self.gate is not None and not self.gate.adapting:
+                info = StepInfo(False, "the input looks like the source (shift gate closed)")
+                self.last_step = info
+                return info
             rec = self._reusable(cached, x.shape[0])
             if rec is not None:
                 return self._step(x, rec, forwards=0, reused=True)
@@ -524,6 +754,10 @@ class ZOA(AdaptMethod):
             self.detector.clear()
             if self.recall is not None:
                 self.recall.clear()
+            if self.gate is not None:
+                self.gate.reset()
+            self._folded, self._since_norm, self.trust_weights = 0.0, 0, []
+            self._history.clear()
             self._dormant_recall = (None, ())
             self.similarity = torch.zeros(0, 0, device=self.device)
             self._origins = []
@@ -574,6 +808,7 @@ class ZOA(AdaptMethod):
             self._origins = list(state.entry_origins())
             self._momentum_buffer = None
             self._domain_changes, self._domain_id = state.domain_changes, state.domain_id
+            self._folded, self._since_norm = math.inf, self.cfg.gate_hop   # refresh bn_norm
             self.store.publish(params)
 
     def _validated_recall(self, state: BankState) -> tuple:
@@ -645,6 +880,10 @@ def _non_finite_parameters(params: ParamSet) -> str:
         named[f"bn_stats[{i}].mean"], named[f"bn_stats[{i}].var"] = mean, var
     bad = [name for name, t in named.items() if t is not None and not torch.isfinite(t).all()]
     return f"non-finite parameters ({', '.join(bad)})" if bad else ""
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _check_tensors(expect: dict[str, tuple[torch.Tensor, tuple[int, ...]]],

@@ -89,6 +89,6 @@ def _check_supported(pack: ModelPack, model: nn.Module, method: AdaptMethod, mod
         raise BackendError(f"{pack.spec.name} has no BatchNorm to fold (a {pack.family} "
                            "model); the int8 export covers BatchNorm CNNs")
     try:
-        prediction_norms(model)
+        prediction_norms(model, method)
     except ValueError as e:
         raise BackendError(f"method {method.name!r}: {e}") from e

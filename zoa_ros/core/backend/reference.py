@@ -15,12 +15,17 @@ from zoa_ros.core.adapt.fused_norm import FusedBatchNorm
 from zoa_ros.core.backend.fold import BnNorm
 
 
-def prediction_norms(model: nn.Module) -> dict[str, BnNorm]:
-    """Every BatchNorm's normalization for a prediction on this thread, by module name."""
+def prediction_norms(model: nn.Module, method: AdaptMethod | None = None
+                     ) -> dict[str, BnNorm]:
+    """Every BatchNorm's normalization for a prediction by module name: with the parameter set
+    and normalisation ``method`` predicts with now, where it says (ZOA: the source model while
+    its shift gate is closed), else as a prediction on this thread would."""
+    choose = getattr(method, "prediction_params", None)
+    pinned = choose() if choose is not None else None
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, FusedBatchNorm):
-            out[name] = BnNorm(*m.prediction_norm(), m.eps)
+            out[name] = BnNorm(*m.prediction_norm(pinned), m.eps)
         elif isinstance(m, nn.BatchNorm2d):
             ones, zeros = torch.ones(m.num_features), torch.zeros(m.num_features)
             out[name] = BnNorm(m.running_mean, m.running_var,

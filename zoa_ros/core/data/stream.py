@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from zoa_ros.core.data.corruptions import corrupt, derive_seed
+from zoa_ros.core.data.domain_schedule import ScheduledFrame, Visit, scheduled_frames
+from zoa_ros.core.data.stream_order import StreamOrder
 from zoa_ros.core.files.images import find_images, read_rgb
 
 Crop = Callable[[np.ndarray], np.ndarray]
@@ -82,14 +84,6 @@ def subset(count: int, limit: int | None, seed: int) -> list[int]:
     return sorted(rng.permutation(count)[:limit].tolist())
 
 
-def order(count: int, seed: int, name: str, round_: int, same_order: bool = False) -> list[int]:
-    """The frame order of domain ``name`` in round ``round_``: a seeded permutation
-    (``same_order``: round 1's in every round)."""
-    key = 1 if same_order else round_
-    return np.random.default_rng(derive_seed(seed, f"order/{name}", key)).permutation(count) \
-        .tolist()
-
-
 def load_crops(paths: Sequence[Path], crop: Crop, threads: int | None = None
                ) -> list[np.ndarray]:
     """Decode and crop every image once (threads: PIL releases the GIL while decoding)."""
@@ -122,86 +116,123 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 class CorruptionStream(FrameStream):
-    """``rounds`` x ``corruptions`` segments over one set of crops, corrupted on the fly.
+    """Visits of corrupted domains over one set of crops, corrupted on the fly.
 
+    The visits are ``rounds`` x ``corruptions``, each a pass over the crops with every image held
+    for ``dwell`` frames, or an explicit schedule (``visits``,
+    :mod:`~zoa_ros.core.data.domain_schedule`: its own length and severity per visit); the
+    frames of a pass follow ``stream_order`` (:mod:`~zoa_ros.core.data.stream_order`).
     ``ids[i]`` is crop ``i``'s stable image index (its position in the full sorted file list),
     which seeds its corruption: ``derive_seed(seed, name, ids[i])``. With ``workers >= 1`` the
-    corruptions run in that many processes and the next segment is computed while the current
-    one is consumed; with 0 they run here, when the segment is reached. Corrupted domains are
-    kept for later rounds while they fit in ``cache_bytes``.
+    corruptions run in that many processes and the next visit is computed while the current
+    one is consumed; with 0 they run here, when the visit is reached. A held image is corrupted
+    once (its frames are the same array). Domains visited more than once are kept for later
+    visits while they fit in ``cache_bytes``.
     """
 
     def __init__(self, crops: Sequence[np.ndarray], labels: Sequence[int], ids: Sequence[int],
-                 corruptions: Sequence[str], *, severity: int = 5, rounds: int = 1,
+                 corruptions: Sequence[str] = (), *, severity: int = 5, rounds: int = 1,
                  seed: int = 0, workers: int = 0, cache_bytes: int = 2 << 30,
-                 same_order: bool = False) -> None:
+                 same_order: bool = False, visits: Sequence[Visit] | None = None,
+                 stream_order: StreamOrder | None = None, dwell: int = 1) -> None:
         if not (len(crops) == len(labels) == len(ids)) or not crops:
             raise ValueError("crops, labels and ids must be non-empty and of equal length")
-        if rounds < 1 or not corruptions:
-            raise ValueError("need at least one round and one corruption")
+        if dwell < 1:
+            raise ValueError(f"dwell must be >= 1, got {dwell}")
+        if visits is None:
+            if rounds < 1 or not corruptions:
+                raise ValueError("need at least one round and one corruption")
+            visits = [Visit(name, len(crops) * dwell) for _ in range(rounds)
+                      for name in corruptions]
+        elif not visits:
+            raise ValueError("need at least one visit")
         self.crops = list(crops)
         self.labels = [int(c) for c in labels]
         self.ids = [int(i) for i in ids]
-        self.corruptions = list(corruptions)
+        self.visits = list(visits)
+        self.corruptions = list(corruptions) or list(dict.fromkeys(v.name for v in visits))
         self.severity, self.rounds, self.seed, self.workers = severity, rounds, seed, workers
-        self.same_order = same_order
+        self.same_order, self.dwell = same_order, dwell
+        self.stream_order = stream_order or StreamOrder()
+        names = [v.name for v in self.visits]
+        repeated = {n for n in names if names.count(n) > 1}
         domain_bytes = sum(c.nbytes for c in self.crops)
-        self._cache_ok = rounds > 1 and domain_bytes * len(set(corruptions)) <= cache_bytes
+        self._cached = repeated if domain_bytes * len(repeated) <= cache_bytes else set()
 
     def plan(self) -> list[SegmentInfo]:
-        return [SegmentInfo(name, r, len(self.crops))
-                for r in range(1, self.rounds + 1) for name in self.corruptions]
+        rounds: dict[str, int] = {}
+        out = []
+        for v in self.visits:
+            rounds[v.name] = rounds.get(v.name, 0) + 1
+            out.append(SegmentInfo(v.name, rounds[v.name], v.frames))
+        return out
 
     def describe(self) -> dict:
         return {"kind": "corrupted-folder", "images": len(self.crops),
                 "corruptions": self.corruptions, "severity": self.severity,
                 "rounds": self.rounds, "seed": self.seed, "workers": self.workers,
-                "same_order": self.same_order}
+                "same_order": self.same_order, "order": str(self.stream_order),
+                "dwell": self.dwell,
+                "schedule": ",".join(f"{v.name}:{v.frames}" for v in self.visits)}
+
+    def _frames(self) -> list[list[ScheduledFrame]]:
+        """Each visit's scheduled frames."""
+        frames = iter(scheduled_frames(self.visits, len(self.crops), self.seed,
+                                       labels=self.labels, ids=self.ids,
+                                       stream_order=self.stream_order, dwell=self.dwell,
+                                       same_order=self.same_order))
+        return [[next(frames) for _ in range(v.frames)] for v in self.visits]
 
     def __iter__(self) -> Iterator[Segment]:
         pool = None
         if self.workers > 0:
             pool = ProcessPoolExecutor(self.workers, _worker_context(), initializer=_init_worker,
                                        initargs=(self.crops,))
-        cache: dict[str, list[np.ndarray]] = {}
+        cache: dict[str, dict[int, np.ndarray]] = {}
         try:
-            plan = self.plan()
-            pending = self._start(plan[0].name, pool, cache)
-            for i, info in enumerate(plan):
-                domain = self._finish(info.name, pending, cache)
+            plan, visits = self.plan(), self._frames()
+            pending = self._start(visits[0], pool, cache)
+            for i, (info, frames) in enumerate(zip(plan, visits)):
+                images = self._finish(frames, pending, cache)
                 if i + 1 < len(plan):
-                    pending = self._start(plan[i + 1].name, pool, cache)
-                seq = order(len(domain), self.seed, info.name, info.round, self.same_order)
-                yield Segment(info.name, info.round, [domain[j] for j in seq],
-                              [self.labels[j] for j in seq])
+                    pending = self._start(visits[i + 1], pool, cache)
+                yield Segment(info.name, info.round, [images[f.image] for f in frames],
+                              [self.labels[f.image] for f in frames])
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
-    def _seeds(self, name: str) -> list[int]:
-        return [derive_seed(self.seed, name, i) for i in self.ids]
+    def _todo(self, frames: list[ScheduledFrame], cache: dict[str, dict[int, np.ndarray]]
+              ) -> tuple[list[int], str, int, list[int]]:
+        """The images of ``frames`` not yet corrupted (once each), the corruption, severity and
+        seeds."""
+        first, done = frames[0], cache.get(frames[0].name, {})
+        todo = list(dict.fromkeys(f.image for f in frames if f.image not in done))
+        seeds = {f.image: f.seed for f in frames}
+        severity = self.severity if first.severity is None else first.severity
+        return todo, first.domain, severity, [seeds[i] for i in todo]
 
-    def _start(self, name: str, pool: ProcessPoolExecutor | None,
-               cache: dict[str, list[np.ndarray]]) -> list[Future] | None:
-        if name in cache or pool is None:
+    def _start(self, frames: list[ScheduledFrame], pool: ProcessPoolExecutor | None,
+               cache: dict[str, dict[int, np.ndarray]]) -> list[Future] | None:
+        todo, name, severity, seeds = self._todo(frames, cache)
+        if pool is None or not todo:
             return None
-        seeds, n = self._seeds(name), len(self.crops)
+        n = len(todo)
         size = max(1, -(-n // (self.workers * 4)))
-        return [pool.submit(_corrupt_chunk, list(range(a, min(a + size, n))), name,
-                            self.severity, seeds[a:a + size]) for a in range(0, n, size)]
+        return [pool.submit(_corrupt_chunk, todo[a:a + size], name, severity, seeds[a:a + size])
+                for a in range(0, n, size)]
 
-    def _finish(self, name: str, pending: list[Future] | None,
-                cache: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
-        if name in cache:
-            return cache[name]
+    def _finish(self, frames: list[ScheduledFrame], pending: list[Future] | None,
+                cache: dict[str, dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+        todo, name, severity, seeds = self._todo(frames, cache)
         if pending is not None:
-            domain = [frame for f in pending for frame in f.result()]
+            corrupted = [frame for f in pending for frame in f.result()]
         else:
-            domain = [corrupt(c, name, self.severity, s)
-                      for c, s in zip(self.crops, self._seeds(name))]
-        if self._cache_ok:
-            cache[name] = domain
-        return domain
+            corrupted = [corrupt(self.crops[i], name, severity, s) for i, s in zip(todo, seeds)]
+        images = {**cache.get(frames[0].name, {}), **dict(zip(todo, corrupted))}
+        if frames[0].name in self._cached:
+            cache[frames[0].name] = images
+        return images
 
 
 # ---- ImageNet-C files --------------------------------------------------------------------------
@@ -211,19 +242,23 @@ class ImageNetCStream(FrameStream):
 
     Images already at the model's input size are used as they are (ImageNet-C ships 224x224
     crops); others go through ``crop``. Labels come from the wnid folders, or ``wnid_index``.
+    Each pass follows ``stream_order``, every image held for ``dwell`` frames.
     """
 
     def __init__(self, root: str | Path, corruptions: Sequence[str], crop: Crop,
                  input_hw: tuple[int, int], *, severity: int = 5, rounds: int = 1,
                  seed: int = 0, limit: int | None = None,
-                 wnid_index: Callable[[str], int] | None = None, same_order: bool = False
-                 ) -> None:
+                 wnid_index: Callable[[str], int] | None = None, same_order: bool = False,
+                 stream_order: StreamOrder | None = None, dwell: int = 1) -> None:
+        if dwell < 1:
+            raise ValueError(f"dwell must be >= 1, got {dwell}")
         if wnid_index is None:
             from zoa_ros.core.model.labels import wnid_to_index as wnid_index  # imports timm
         self.root = Path(root)
         self.corruptions, self.crop, self.input_hw = list(corruptions), crop, tuple(input_hw)
         self.severity, self.rounds, self.seed, self.limit = severity, rounds, seed, limit
-        self.same_order = same_order
+        self.same_order, self.dwell = same_order, dwell
+        self.stream_order = stream_order or StreamOrder()
         self.files: dict[str, list[tuple[Path, int]]] = {}
         for name in self.corruptions:
             folder = self.root / name / str(severity)
@@ -235,13 +270,14 @@ class ImageNetCStream(FrameStream):
             self.files[name] = [pairs[i] for i in subset(len(pairs), limit, seed)]
 
     def plan(self) -> list[SegmentInfo]:
-        return [SegmentInfo(name, r, len(self.files[name]))
+        return [SegmentInfo(name, r, len(self.files[name]) * self.dwell)
                 for r in range(1, self.rounds + 1) for name in self.corruptions]
 
     def describe(self) -> dict:
         return {"kind": "imagenet-c", "root": str(self.root), "corruptions": self.corruptions,
                 "severity": self.severity, "rounds": self.rounds, "seed": self.seed,
-                "limit": self.limit, "same_order": self.same_order}
+                "limit": self.limit, "same_order": self.same_order,
+                "order": str(self.stream_order), "dwell": self.dwell}
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         return image if image.shape[:2] == self.input_hw else self.crop(image)
@@ -249,6 +285,9 @@ class ImageNetCStream(FrameStream):
     def __iter__(self) -> Iterator[Segment]:
         for info in self.plan():
             pairs = self.files[info.name]
-            seq = order(len(pairs), self.seed, info.name, info.round, self.same_order)
+            seq = self.stream_order.permutation([c for _, c in pairs], len(pairs), self.seed,
+                                                info.name, info.round, self.same_order)
             frames = load_crops([pairs[j][0] for j in seq], self._fit)
-            yield Segment(info.name, info.round, frames, [pairs[j][1] for j in seq])
+            k = self.dwell
+            yield Segment(info.name, info.round, [f for f in frames for _ in range(k)],
+                          [pairs[j][1] for j in seq for _ in range(k)])

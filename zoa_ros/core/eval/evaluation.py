@@ -16,8 +16,11 @@ on the predictions the engine returned for a frame, i.e. before any step that us
 Per domain (segment) and method, besides ``acc``: ``entropy`` (mean prediction entropy),
 ``agreement`` (percent of frames where the method predicts the class the unadapted model
 ``none`` predicts, when ``none`` runs) and ``recovery_frames`` (:func:`recovery_frames`, after
-every change of domain, labelled streams only). An unlabelled stream (``Segment.labels is
-None``, e.g. a bag without labels) has no ``acc``: the unsupervised numbers are all there is.
+every change of domain, labelled streams only), ``acc_head`` (the first frames of the domain).
+An unlabelled stream (``Segment.labels is None``, e.g. a bag without labels) has no ``acc``:
+the unsupervised numbers are all there is. With ``none`` on a labelled stream,
+``result["harm"]`` is the harm table (:mod:`.harm`): each method's accuracy minus ``none``'s
+per domain, the worst domain and the clean segments.
 
 Costs per method (``costs``):
 
@@ -56,6 +59,7 @@ from tqdm import tqdm
 
 from zoa_ros.core.data.stream import FrameStream, Segment
 from zoa_ros.core.engine import Engine, EngineConfig, MethodFactory, Prediction
+from zoa_ros.core.eval.harm import HEAD_FRAMES, harm_table
 from zoa_ros.core.model.pack import ModelPack
 from zoa_ros.core.model.preprocess import Preprocessor
 from zoa_ros.core.runtime.memory import MIB, PeakTensorMemory, module_bytes
@@ -65,6 +69,10 @@ RECOVERY_MARGIN = 5.0    # accuracy points
 
 METRIC_NOTES = {
     "acc": "top-1 accuracy in percent of the predictions returned before adapting on a frame",
+    "acc_head": f"acc over the first {HEAD_FRAMES} frames of the domain (right after a change)",
+    "harm": "per method and domain, its accuracy minus that of the unadapted model none on the "
+            "same frames (diff; diff_head over the first frames); worst domain, clean "
+            "segments and shifted domains summarised",
     "forward_per_frame": "frames through the network stem (all passes) per streamed frame",
     "backward_per_frame": "backward passes x mean adaptation batch size / streamed frames",
     "ms_per_frame": "engine wall time per frame, chunks with a memory probe excluded",
@@ -78,6 +86,8 @@ METRIC_NOTES = {
                "returned before adapting on a frame",
     "agreement": "percent of frames on which the method predicts the same class as the "
                  "unadapted model (method none) on the same frame",
+    "adapting": "methods with a shift gate: percent of the domain's frames classified with the "
+                "adapted model (the rest with the source model: the input looked clean)",
     "bank_weights": "methods with a knowledge bank: mixing weights softmax(alpha_scale * alpha) "
                     "at the end of the domain, the source entry first, then the stored entries "
                     "in bank order",
@@ -111,6 +121,7 @@ class _MethodRun:
     hits: list[bool] = field(default_factory=list)
     agrees: int = 0
     entropy_sum: float = 0.0
+    gate_frames: int = 0      # frames the shift gate let adaptation classify, so far
 
     def chunk(self, x: torch.Tensor, probe: bool) -> list[Prediction]:
         """Run one chunk through the engine; its predictions."""
@@ -150,14 +161,21 @@ class _MethodRun:
         n = max(len(segment), 1)
         labelled = segment.labels is not None
         correct = sum(self.hits) if labelled else None
+        head = self.hits[:HEAD_FRAMES]
         row = {"name": segment.name, "round": segment.round,
                "acc": 100.0 * correct / n if labelled else None,
+               "acc_head": 100.0 * sum(head) / len(head) if labelled and head else None,
                "frames": len(segment), "correct": correct,
                "entropy": self.entropy_sum / n,
                "agreement": 100.0 * self.agrees / n if reference else None,
                "recovery_frames": recovery_frames(self.hits) if labelled and boundary else None}
         if has_bank(self.engine):
             row["bank_weights"] = bank_weights(self.engine)
+        gate = self.engine.method.bank_summary().get("gate")
+        if gate is not None:
+            adapting = gate["frames_adapting"] - self.gate_frames
+            self.gate_frames = gate["frames_adapting"]
+            row["adapting"] = 100.0 * adapting / n
         self.domains.append(row)
         self.hits, self.agrees, self.entropy_sum = [], 0, 0.0
         return row
@@ -211,6 +229,7 @@ class _MethodRun:
                           "reason": method.streaming_reason},
             "bank": {"entries": stats.bank_entries, "bytes": stats.bank_bytes,
                      **{k: v for k, v in method.bank_summary().items() if k.startswith("recall")}},
+            "gate": method.bank_summary().get("gate"),
             "domain_changes": stats.domain_changes,
             "curve": {"frames": self.curve_frames, "acc": self.curve_acc or None,
                       "entropy": self.curve_entropy,
@@ -305,7 +324,7 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
             run.engine.close()
     wall = time.perf_counter() - wall
     frames = sum(s["frames"] for s in segments)
-    return {
+    result = {
         "methods": {run.name: run.result() for run in runs},
         "stream": segments,
         "labelled": labelled,
@@ -315,6 +334,8 @@ def evaluate(pack: ModelPack, stream: FrameStream, methods: Sequence[str], *,
                 "device": device, "notes": METRIC_NOTES},
         "bank_files": bank_files,
     }
+    result["harm"] = harm_table(result)
+    return result
 
 
 def has_bank(engine: Engine) -> bool:

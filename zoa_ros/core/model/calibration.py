@@ -20,6 +20,7 @@ from zoa_ros.core.model.labels import resolve_labels
 from zoa_ros.core.model.norm_mode import batch_statistics
 from zoa_ros.core.model.pack import ModelPack, library_versions
 from zoa_ros.core.model.preprocess import Preprocessor
+from zoa_ros.core.model.shift_reference import MIN_IMAGES, measure_reference
 from zoa_ros.core.quant import QuantConfig, calibrate, quant_state, quantize_model
 
 
@@ -29,11 +30,12 @@ def build_pack(spec: ModelSpec, quant: QuantConfig, images: Sequence[Any], *,
                read: Callable[[Any], np.ndarray] = read_rgb,
                source: dict | None = None) -> ModelPack:
     """Quantize ``spec`` with ranges calibrated on ``num_images`` of ``images`` and measure the
-    source feature statistics on ``num_stats_images`` of them (both evenly spread over the
-    list, in its order). ``images`` are image files, or anything ``read`` turns into a uint8
-    RGB (or grey) array; ``read`` is called in list order, once per pick and round.
-    ``source`` (e.g. the recording and topic the frames came from) is recorded in the pack's
-    calibration details.
+    source feature statistics and the shift gate's clean reference (:mod:`.shift_reference`;
+    from 8 images on) on ``num_stats_images`` of them (both evenly spread over the list, in its
+    order: an image folder sorted by class, as a camera sees related things together).
+    ``images`` are image files, or anything ``read`` turns into a uint8 RGB (or grey) array;
+    ``read`` is called in list order, once per pick and round. ``source`` (e.g. the recording
+    and topic the frames came from) is recorded in the pack's calibration details.
 
     BatchNorm models measure the statistics with test-batch normalisation in chunks of
     ``stats_batch_size``, as ZOA's CNN variant normalises at test time.
@@ -55,6 +57,10 @@ def build_pack(spec: ModelSpec, quant: QuantConfig, images: Sequence[Any], *,
     stats_paths = spread(list(images), num_stats_images)
     mean, std, sizes = source_statistics(model, pre, stats_paths, stats_batch_size, progress,
                                          read)
+    reference = None
+    if len(stats_paths) >= MIN_IMAGES:
+        reference = measure_reference(model, stats_paths,
+                                      lambda chunk: pre([read(p) for p in chunk]))
     return ModelPack(
         spec=spec, quant=quant, weights_sha256=weights_fingerprint(spec), labels=labels,
         data_config=pre.data_config, family=family, tap_names=tap_names(model),
@@ -64,8 +70,10 @@ def build_pack(spec: ModelSpec, quant: QuantConfig, images: Sequence[Any], *,
                      "stats_norm": "batch" if family == "batchnorm" else "layer",
                      "images_sha256": _paths_digest(calib_paths),
                      "stats_images_sha256": _paths_digest(stats_paths),
+                     "shift_reference": None if reference is None else reference.describe(),
                      **({"source": source} if source else {})},
         versions=library_versions(),
+        shift_reference=reference,
     )
 
 

@@ -8,6 +8,10 @@
   feature. ResNet-50: layer1..3 + pooled layer4 (256 + 512 + 1024 + 2048), as the reference.
 
 The last tap is always the pre-logits feature, whose classifier output is the prediction.
+
+The *early* features (:func:`early_module`: ViT patch + position embeddings, the CNN stem conv)
+are what no adapted parameter touches; their per-channel statistics (:class:`EarlyStats`) feed
+ZOA's domain detector and the shift gate's clean reference.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from torch import nn
 
 from zoa_ros.core.model.factory import model_family
+from zoa_ros.core.quant.model import first_conv_name
 
 
 @dataclass
@@ -76,3 +81,51 @@ class FeatureExtractor:
         logits = self.model.get_classifier()(head_in)
         return Features(taps, pre, logits)
 
+
+@dataclass(frozen=True)
+class EarlyStats:
+    """Per-channel count, sum and sum of squares (float64) of the detector's early features;
+    records of single frames add up to the statistics of their batch."""
+
+    count: int
+    total: torch.Tensor
+    squares: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor, channel_dim: int) -> EarlyStats:
+        x = x.detach().double().movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
+        return cls(x.shape[0], x.sum(dim=0), (x * x).sum(dim=0))
+
+    def __add__(self, other: EarlyStats) -> EarlyStats:
+        return EarlyStats(self.count + other.count, self.total + other.total,
+                          self.squares + other.squares)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased variance."""
+        n = self.count
+        return ((self.squares - self.total * self.total / n) / max(n - 1, 1)).clamp(min=0).float()
+
+
+def early_module(model: nn.Module) -> tuple[nn.Module, int, int]:
+    """The module whose output feeds the detector, how many leading prefix tokens to drop
+    (token models) and its channel count.
+
+    ViT: ``pos_drop`` (patch embedding + position embedding, prefix tokens excluded). CNN: the
+    stem conv named by ``pretrained_cfg['first_conv']`` - the ``QuantLayer`` wrapper when
+    quantized, so the hooked output is what the rest of the network sees.
+    """
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        module = getattr(model, "pos_drop", None)
+        module = model.patch_embed if module is None else module
+        return module, int(getattr(model, "num_prefix_tokens", 1)), int(model.embed_dim)
+    name = first_conv_name(model)
+    modules = dict(model.named_modules())
+    module = modules.get(name)
+    if module is None:
+        module = next(m for n, m in modules.items() if n.endswith(name))
+    return module, 0, int(module.weight.shape[0])

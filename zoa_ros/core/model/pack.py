@@ -1,10 +1,11 @@
 """The model pack: everything needed to rebuild the quantized model and run ZOA, in one file.
 
-A pack is a safetensors file (never pickle) holding the quantizer state and the source feature
-statistics as tensors, with a JSON document in the safetensors metadata: model spec, weights
-sha256, quantization config, labels, preprocessing, tap layout, calibration details, library
-versions and a content hash over all of it. Loading verifies the hash, so a truncated or
-tampered file is refused with a message that says what is wrong.
+A pack is a safetensors file (never pickle) holding the quantizer state, the source feature
+statistics and the shift gate's clean reference (:mod:`.shift_reference`) as tensors, with a
+JSON document in the safetensors metadata: model spec, weights sha256, quantization config,
+labels, preprocessing, tap layout, calibration details, library versions and a content hash
+over all of it. Loading verifies the hash, so a truncated or tampered file is refused with a
+message that says what is wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from zoa_ros.core.files.atomic import atomic_write_bytes
 from zoa_ros.core.files.tensor_file import content_hash, read_metadata
 from zoa_ros.core.model.factory import ModelSpec, build_model, weights_fingerprint
+from zoa_ros.core.model.shift_reference import ShiftReference
 from zoa_ros.core.quant import QuantConfig, quantize_model
 
 FORMAT = "zoa_ros.pack"
@@ -51,6 +53,8 @@ class ModelPack:
     source_std: torch.Tensor
     calibration: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    # What clean input looks like (the no-harm shift gate); None in packs made before it.
+    shift_reference: ShiftReference | None = None
 
     def __post_init__(self) -> None:
         # Keep the JSON-borne fields in their JSON form so a loaded pack compares equal.
@@ -79,6 +83,8 @@ class ModelPack:
         out = {f"{_QUANT}{k}": v.detach().cpu().contiguous() for k, v in self.quant_state.items()}
         out["source_mean"] = self.source_mean.detach().cpu().float().contiguous()
         out["source_std"] = self.source_std.detach().cpu().float().contiguous()
+        if self.shift_reference is not None:
+            out.update(self.shift_reference.tensors())
         return out
 
     @property
@@ -139,6 +145,8 @@ class ModelPack:
             source_std=tensors["source_std"],
             calibration=meta["calibration"],
             versions=meta["versions"],
+            shift_reference=ShiftReference.from_tensors(
+                tensors, (meta["calibration"].get("shift_reference") or {}).get("images", 0)),
         )
 
     # ---- model ----------------------------------------------------------------------------

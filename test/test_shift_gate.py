@@ -1,0 +1,196 @@
+"""The shift gate (no-harm adaptation): its clean reference, its states, and ZOA behind it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zoa_ros.core.adapt.shift_gate import (
+    CHANGED,
+    CLOSED,
+    OPENED,
+    PROBE,
+    RESUMED,
+    SETTLED,
+    GateConfig,
+    ShiftGate,
+)
+from zoa_ros.core.adapt.shift_trust import (
+    debiased,
+    effective_frames,
+    source_share,
+    trusted_norm,
+)
+from zoa_ros.core.data.domain_schedule import parse_schedule
+from zoa_ros.core.data.stream import CorruptionStream
+from zoa_ros.core.data.stream_order import StreamOrder
+from zoa_ros.core.engine import Engine, EngineConfig
+from zoa_ros.core.eval.evaluation import evaluate
+from zoa_ros.core.files.images import find_images, read_rgb
+from zoa_ros.core.model.calibration import build_pack
+from zoa_ros.core.model.factory import ModelSpec
+from zoa_ros.core.model.features import EarlyStats
+from zoa_ros.core.model.preprocess import Preprocessor
+from zoa_ros.core.model.shift_reference import (
+    CHANGE,
+    ENTROPY,
+    STEM,
+    ShiftReference,
+    window_nulls,
+)
+from zoa_ros.core.quant import QuantConfig
+
+CHANNELS = 4
+
+
+def _frame(scale: float, seed: int, shift: float = 0.0) -> EarlyStats:
+    gen = torch.Generator().manual_seed(seed)
+    return EarlyStats.of(scale * torch.randn(1, CHANNELS, 8, 8, generator=gen) + shift,
+                         channel_dim=1)
+
+
+def _reference(frames: int = 256) -> ShiftReference:
+    stem = [_frame(1.0, i) for i in range(frames)]
+    entropies = torch.full((frames,), 1.0) + 0.1 * torch.rand(frames)
+    pooled = stem[0]
+    for s in stem[1:]:
+        pooled = pooled + s
+    return ShiftReference(pooled.mean, pooled.var,
+                          window_nulls(stem, entropies, pooled.mean, pooled.var), frames)
+
+
+def test_reference_thresholds_are_quantiles_of_clean_windows() -> None:
+    reference = _reference()
+    assert reference.window_sizes == [2, 4, 8, 16, 32]
+    assert {kind for kind, _ in reference.nulls} == {STEM, ENTROPY, CHANGE}
+    values = reference.nulls[(STEM, 8)]
+    assert torch.equal(values, values.sort().values) and len(values) == 256
+    assert reference.threshold(STEM, 8, 0.5) == float(values[128])
+    assert reference.threshold(STEM, 8, 1e-6) == float(values[-1])
+    assert reference.window_images(32, 4) == 8 and reference.window_images(20, 4) == 4
+    back = ShiftReference.from_tensors(reference.tensors(), 256)
+    assert torch.equal(back.nulls[(ENTROPY, 4)], reference.nulls[(ENTROPY, 4)].float())
+
+
+def _run(gate: ShiftGate, frames: list[EarlyStats], entropy: float = 1.0) -> list[str]:
+    return [e for e in (gate.observe(f, entropy) for f in frames) if e is not None]
+
+
+def test_the_gate_opens_on_a_shift_notices_a_change_and_closes_on_clean() -> None:
+    gate = ShiftGate(_reference(), GateConfig(window=16, hop=4, dwell=2, close_window=8))
+    clean = [_frame(1.0, 100 + i) for i in range(64)]
+    assert _run(gate, clean) == [] and not gate.adapting          # clean: source model
+    low = [_frame(0.2, 200 + i, shift=0.5) for i in range(48)]
+    # opened once the window holds enough shifted frames; settled a window later
+    assert _run(gate, low) == [OPENED, SETTLED] and gate.adapting
+    assert gate.key() is not None and gate.frames_adapting > 0
+    # another shift: the scene variances of two windows differ beyond what content explains
+    high = [_frame(4.0, 300 + i) for i in range(48)]
+    assert _run(gate, high)[:2] == [CHANGED, SETTLED] and gate.changes == 1
+    # clean frames until it closes (a change may be noticed on the way, while the window
+    # mixes both)
+    events = []
+    for frame in clean:
+        events.append(gate.observe(frame, 1.0))
+        if events[-1] == CLOSED:
+            break
+    assert events[-1] == CLOSED and not gate.adapting
+    # the shift right back (it looked clean for a moment): resumed, not a new opening
+    assert _run(gate, high)[:1] == [RESUMED] and gate.openings == 1
+    gate.reset()
+    assert not gate.adapting and gate.openings == 0
+
+
+def test_an_entropy_shift_opens_and_is_probed() -> None:
+    gate = ShiftGate(_reference(), GateConfig(window=16, hop=4, dwell=2, close_window=8,
+                                              probe_every=32))
+    clean = [_frame(1.0, 300 + i) for i in range(200)]
+    assert _run(gate, clean[:32], entropy=1.05) == []
+    # the stem sees nothing, the source model is lost: opened by the entropy test
+    assert _run(gate, clean[32:48], entropy=5.0) == [OPENED]
+    assert gate.summary()["reason"] == ENTROPY
+    # the stem cannot say when it ends: after probe_every frames a probe window runs on the
+    # source model; still lost -> resumed, confident again -> closed
+    assert _run(gate, clean[48:100], entropy=5.0) == [SETTLED, PROBE, RESUMED]
+    assert _run(gate, clean[100:180], entropy=1.0) == [SETTLED, PROBE, CLOSED]
+    assert not gate.adapting
+
+
+# ---- ZOA behind the gate, on the real EfficientNet-Lite0 and the bundled photos -------------
+
+@pytest.fixture(scope="module")
+def lite0(photo_dir):
+    """An fp32 EfficientNet-Lite0 pack calibrated on the 24 photos, their crops (each photo's
+    position in the sorted list) and the model's own clean predictions as labels."""
+    pack = build_pack(ModelSpec("tf_efficientnet_lite0", "efficientnet-lite0"),
+                      QuantConfig.parse("none"), find_images(photo_dir), num_images=8,
+                      progress=False)
+    pre = Preprocessor(pack.data_config)
+    crops = [pre.crop(read_rgb(p)) for p in find_images(photo_dir)]
+    engine = Engine(pack, EngineConfig(method="none", top_k=1))
+    labels = [p.class_index for p in engine.predict(np.stack(crops))]
+    engine.close()
+    return pack, crops, labels
+
+
+def _evaluate(lite0, schedule: str) -> dict:
+    pack, crops, labels = lite0
+    stream = CorruptionStream(crops, labels, range(len(crops)), visits=parse_schedule(schedule),
+                              stream_order=StreamOrder.parse("class-sorted"), dwell=4, seed=0)
+    return evaluate(pack, stream, ["none", "zoa"], mode="streaming", batch_size=32,
+                    progress=False)
+
+
+def test_a_long_clean_stream_keeps_the_source_predictions(lite0) -> None:
+    result = _evaluate(lite0, "clean:480")
+    zoa = result["methods"]["zoa"]
+    assert zoa["mean_agreement"] >= 99.0          # the issue's bar: >= 99 % equal to none
+    assert zoa["gate"]["openings"] == 0 and zoa["domains"][0]["adapting"] == 0.0
+    assert zoa["costs"]["adapt_steps"] == 0 and zoa["costs"]["forward_per_frame"] == 1.0
+
+
+def test_a_strong_shift_still_opens_the_gate_and_gains(lite0) -> None:
+    result = _evaluate(lite0, "clean:96,contrast@5:192")
+    none, zoa = result["methods"]["none"], result["methods"]["zoa"]
+    clean, contrast = zoa["domains"]
+    assert clean["agreement"] == 100.0 and clean["adapting"] == 0.0
+    assert zoa["gate"]["openings"] >= 1 and contrast["adapting"] > 75.0
+    assert zoa["costs"]["adapt_steps"] > 0
+    # 24 photos held 4 frames: the stem-scaled trust gains 3.6 points here (15 frames right
+    # against 8), the fixed prior 7.8; a gain of a few frames is what this test can ask for
+    assert contrast["acc"] >= none["domains"][1]["acc"] + 2.0
+
+
+def test_shift_scaled_trust_per_layer() -> None:
+    source = ((torch.zeros(3), torch.ones(3)), (torch.zeros(2), torch.ones(2)))
+    reference = _reference()
+    reference.layer_noise = {2: torch.tensor([0.5, 0.5]), 8: torch.tensor([0.05, 0.05])}
+    rho = 0.1
+
+    def estimate(n: int) -> tuple:
+        """Started at the source statistics, then n frames of N(1, 1) folded into layer 0
+        (mean and mean of squares averaged exponentially); layer 1 saw the source itself."""
+        share = source_share(n, rho)
+        var = share * 1 + (1 - share) * 2 - (1 - share) ** 2
+        return (((1 - share) * torch.ones(3), torch.full((3,), var)), source[1])
+
+    n = 30
+    test = debiased(estimate(n), source, source_share(n, rho))
+    assert torch.allclose(test[0][0], torch.ones(3), atol=1e-6)      # the frames' own mean
+    assert torch.allclose(test[0][1], torch.ones(3), atol=1e-5)      # and variance
+    assert 10 < effective_frames(n, rho) < n
+    assert effective_frames(math.inf, rho) == pytest.approx(19.0)
+    norm, weights = trusted_norm(estimate(n), source, reference, n, rho, dwell=2, floor=0.0)
+    # layer 0 moved well beyond the clean noise: mostly trusted; layer 1 did not move: source
+    assert weights[1] == 1.0 and norm[1][0] is source[1][0] and norm[1][1] is source[1][1]
+    assert 0.0 < weights[0] < 0.2
+    assert torch.allclose(norm[0][0], torch.full((3,), 1 - weights[0]))
+    # fewer frames behind the same shift: more noise expected, less trust
+    _, few = trusted_norm(estimate(3), source, reference, 3, rho, dwell=2, floor=0.0)
+    assert few[0] > weights[0]
+    # just restarted: the source statistics; a floor bounds the source share from below
+    assert trusted_norm(source, source, reference, 0, rho, dwell=2, floor=0.0)[1] == [1.0, 1.0]
+    assert trusted_norm(estimate(n), source, reference, n, rho, 2, floor=0.5)[1][0] == 0.5
