@@ -17,10 +17,13 @@ from zoa_ros.core.runtime.prediction_first import PredictionFirst, StepAborted
 
 
 def _engine(pack) -> Engine:
+    """Streaming ZOA that steps on every 16 frames (the always-adapting rule: these tests are
+    about what a step does with bad numbers, not about when the shift gate lets it run)."""
     return Engine(pack, EngineConfig(method="zoa", mode="streaming", batch_size=16,
                                      min_frames=16, interval_frames=16,
                                      method_config={"detect_min_batch": 16,
-                                                    "min_adapt_batch": 16}))
+                                                    "min_adapt_batch": 16,
+                                                    "no_harm": False}))
 
 
 def _state(method: ZOA) -> dict:
