@@ -287,6 +287,38 @@ def test_the_int8_model_follows_the_shift_gate(tiny, tiny_export, photos, tmp_pa
     assert torch.equal(engine.backend.predict(photos), source) == no_harm
 
 
+def test_a_replay_shows_the_shift_gate_every_frame(tiny, tiny_export, photos, tmp_path):
+    """Frames the int8 runtime classified reach ZOA's shift gate one by one when replayed, as
+    the torch reference's own predictions do: the gate tests the same windows."""
+    path = tmp_path / "tiny.onnx"
+    tiny_export.save(str(path))
+    frames = photos.repeat(6, 1, 1, 1)[:40]
+    gates = []
+    for backend in ("torch", "onnxruntime"):
+        engine = Engine(tiny[0], EngineConfig(method="zoa", backend=backend, int8_model=str(path),
+                                              stats_every=40, buffer_size=64), warmup=False)
+        for frame in frames:
+            engine.predict(frame[None], observe=True)
+        engine.maybe_adapt()   # the int8 engine replays its 40 frames here
+        gates.append(engine.method.gate.summary()["tests"])
+    assert gates[0] == gates[1] == (40 - 32) // 4 + 1
+
+
+def test_auto_keeps_a_gated_method_on_the_torch_reference(tiny, tiny_export, tmp_path):
+    """``auto``: streaming ZOA with its shift gate (the default) classifies on torch, where the
+    gate sees each frame as it is classified; without the gate, and when asked, on int8."""
+    path = tmp_path / "tiny.onnx"
+    tiny_export.save(str(path))
+    gated = Engine(tiny[0], EngineConfig(method="zoa", backend="auto", int8_model=str(path)),
+                   warmup=False)
+    assert gated.backend_name == "torch" and gated.backend_warning is None
+    for config in ({"method_config": {"no_harm": False}, "backend": "auto"},
+                   {"backend": "onnxruntime"}):
+        engine = Engine(tiny[0], EngineConfig(method="zoa", int8_model=str(path), **config),
+                        warmup=False)
+        assert engine.backend_name == "onnxruntime"
+
+
 def test_export_and_classify_commands(tiny, photo_dir, tmp_path, capsys):
     _, pack_path = tiny
     out = tmp_path / "tiny.onnx"

@@ -498,9 +498,12 @@ class Engine:
             frames = list(self._unfolded)
             self._unfolded.clear()
         start = time.perf_counter()
-        with torch.no_grad():   # in chunks: a replay keeps every BatchNorm input of its frames
-            for i in range(0, len(frames), REPLAY_CHUNK):
-                self.method.predict_with_record(torch.stack(frames[i:i + REPLAY_CHUNK]))
+        # In chunks (a replay keeps every BatchNorm input of its frames), or frame by frame for
+        # a method whose observations count frames (ZOA's shift gate).
+        chunk = 1 if self.method.observes_frame_by_frame else REPLAY_CHUNK
+        with torch.no_grad():
+            for i in range(0, len(frames), chunk):
+                self.method.predict_with_record(torch.stack(frames[i:i + chunk]))
                 self.method.settle()
         self._sync_backend()
         with self._lock:

@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=15.0, help="camera rate in Hz")
     p.add_argument("--no-adaptation", action="store_true",
                    help="only the run with adaptation off (the baseline), no bank check")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
+                   help="the node's inference.backend (default: config/zoa.yaml's, auto)")
     p.add_argument("--photos-only", action="store_true", help="classify the photos, no ROS")
     p.set_defaults(run=run)
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         photos = write_photos(out / "photos")
         from zoa_ros.tools import classify
         return classify.run(argparse.Namespace(pack=str(pack_path), json=False, top_k=5,
-                                               backend="auto", int8_model=None,
+                                               backend=args.backend or "auto", int8_model=None,
                                                max_pixels=classify.DEFAULT_MAX_PIXELS,
                                                images=[str(p) for p in photos]))
     return _live(args, out, pack_path)
@@ -93,6 +95,8 @@ class _Demo:
         self.overrides = {"pack": pack_path.resolve(), "knowledge.bank_path": self.bank.resolve(),
                           "knowledge.autoload": False, "adaptation.interval_frames": 32,
                           "adaptation.enabled": False}
+        if args.backend:
+            self.overrides["inference.backend"] = args.backend
         print("rendering frames ...", flush=True)
         images = [load_photo(n) for n in PHOTOS]
         frames = render_frames(images, {p.domain for p in phases}, (640, 480), args.severity)

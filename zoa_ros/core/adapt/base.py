@@ -100,6 +100,12 @@ class AdaptMethod(ABC):
         replays them through it (default: no)."""
         return False
 
+    @property
+    def observes_frame_by_frame(self) -> bool:
+        """Whether an observed prediction must hold one frame (a batch would count as one
+        observation, e.g. ZOA's shift gate): a replay then goes frame by frame (default: no)."""
+        return False
+
     def observing(self) -> AbstractContextManager:
         """Context in which predictions may update stream-following state (default: none)."""
         return nullcontext()

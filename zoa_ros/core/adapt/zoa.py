@@ -318,6 +318,10 @@ class ZOA(AdaptMethod):
         return self._fold_frames
 
     @property
+    def observes_frame_by_frame(self) -> bool:
+        return self.gate is not None   # the gate's windows and tests count frames
+
+    @property
     def layer_names(self) -> list[str]:
         return self.layout.names
 

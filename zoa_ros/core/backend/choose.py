@@ -53,6 +53,14 @@ def choose_backend(requested: str, pack: ModelPack, model: nn.Module, method: Ad
     check_backend_name(requested)
     if requested == "torch":
         return Choice(None, "torch")
+    if requested == "auto" and method.observes_frame_by_frame:
+        # On the int8 runtime such a method sees the frames only through replays on the
+        # adaptation thread, late: in the demo ZOA's shift gate closed 18-35 points of clean
+        # agreement too late after a shift (docs/lab/int8.md §8.5). A choice, not a fault.
+        log.info("inference backend auto: method %r watches every frame (ZOA's shift gate); "
+                 "classifying with the torch simulation (inference.backend: onnxruntime "
+                 "runs the int8 model anyway)", method.name)
+        return Choice(None, "torch")
     try:
         _check_supported(pack, model, method, mode)
         try:   # onnx and onnxruntime are needed from here on only
