@@ -14,12 +14,13 @@ import json
 import time
 
 from zoa_ros.core.model.pack import ModelPack
+from zoa_ros.tools.packs import add_pack_argument, resolve_pack
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="int8 ONNX (QDQ) export of a model pack",
                        description=__doc__)
-    p.add_argument("--pack", required=True, help="model pack file")
+    add_pack_argument(p)
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--no-check", action="store_true",
                    help="skip loading the file in ONNX Runtime to check it runs on integer "
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoa_ros.core.backend.export import describe, export_pack  # needs onnx
 
-    pack = ModelPack.load(args.pack)
+    pack = ModelPack.load(resolve_pack(args.pack))
     start = time.perf_counter()
     export = export_pack(pack)
     seconds = time.perf_counter() - start

@@ -121,20 +121,10 @@ class StatsRecall:
         variance_divergence`; the shift gate's change threshold: as close as related content
         alone puts two windows of one domain)."""
         with self._lock:
-            hit = self._closest(key[1].float(), threshold)
-            if hit is None:
-                return None
-            entry = self.entries.pop(hit)
-            self.entries.append(entry)   # most recently used last
-            self.recalls += 1
-            return entry.stats
+            return self._take(self._closest(key[1].float(), threshold))
 
     def _closest(self, var: torch.Tensor, threshold: float) -> int | None:
-        distances = [variance_divergence(e.key_var, var) for e in self.entries]
-        if not distances:
-            return None
-        best = min(range(len(distances)), key=distances.__getitem__)
-        return best if distances[best] <= threshold else None
+        return _best([variance_divergence(e.key_var, var) for e in self.entries], threshold)
 
     def _restart_watch(self) -> None:
         self.watch.clear()
@@ -142,11 +132,8 @@ class StatsRecall:
         self._starts.clear()
 
     def _nearest(self, mean: torch.Tensor, var: torch.Tensor) -> int | None:
-        distances = [jeffreys(e.key_mean, e.key_var, mean, var) for e in self.entries]
-        if not distances:
-            return None
-        best = min(range(len(distances)), key=distances.__getitem__)
-        return best if distances[best] <= self.threshold else None
+        return _best([jeffreys(e.key_mean, e.key_var, mean, var) for e in self.entries],
+                     self.threshold)
 
     def _remember(self, entry: RecallEntry) -> None:
         same = self._nearest(entry.key_mean, entry.key_var)
@@ -157,11 +144,14 @@ class StatsRecall:
             del self.entries[0]
 
     def _lookup(self, mean: torch.Tensor, var: torch.Tensor) -> BnStats | None:
-        hit = self._nearest(mean, var)
+        return self._take(self._nearest(mean, var))
+
+    def _take(self, hit: int | None) -> BnStats | None:
+        """Entry ``hit``'s statistics, counted as a recall and moved to most recently used."""
         if hit is None:
             return None
         entry = self.entries.pop(hit)
-        self.entries.append(entry)   # most recently used last
+        self.entries.append(entry)
         self.recalls += 1
         return entry.stats
 
@@ -202,3 +192,11 @@ class StatsRecall:
         """Memory of the stored entries (float32)."""
         return sum(4 * (e.key_mean.numel() + e.key_var.numel()
                         + sum(m.numel() + v.numel() for m, v in e.stats)) for e in self.entries)
+
+
+def _best(distances: list[float], threshold: float) -> int | None:
+    """The index of the smallest distance, if within ``threshold``."""
+    if not distances:
+        return None
+    best = min(range(len(distances)), key=distances.__getitem__)
+    return best if distances[best] <= threshold else None
