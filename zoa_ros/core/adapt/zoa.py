@@ -403,20 +403,6 @@ class ZOA(AdaptMethod):
             return self.store.published, self._predict_norm
         return self._initial, self._source_norm
 
-    def prediction_statistics(self) -> BnStats:
-        """Per BatchNorm (module order), the ``(mean, var)`` a single-frame prediction
-        normalises with now. They change only every few frames (gate tests, trust refreshes,
-        recalls), so another runtime can fold them into its weights off the classifying
-        thread; the affines are :attr:`ParamSet.effective` of :meth:`prediction_params`."""
-        params, norm = self.prediction_params()
-        if norm == SOURCE:
-            return self._initial.bn_stats
-        if params.bn_norm is not None:
-            return params.bn_norm
-        return tuple(blend_source(m, v, sm, sv, self.store.stats_prior)
-                     for (m, v), (sm, sv) in zip(params.bn_stats, self._initial.bn_stats,
-                                                 strict=True))
-
     def _make_gate(self, pack: ModelPack) -> ShiftGate | None:
         if not self.cfg.gate:
             return None
