@@ -90,7 +90,7 @@ from zoa_ros.core.adapt.taps import ForwardRecord, ThreadSafeExtractor
 from zoa_ros.core.model.factory import model_family
 from zoa_ros.core.model.features import EarlyStats, Features
 from zoa_ros.core.model.pack import ModelPack
-from zoa_ros.core.model.shift_reference import entropy, jeffreys
+from zoa_ros.core.model.shift_reference import entropy
 from zoa_ros.core.runtime.prediction_first import StepAborted
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,6 @@ class ZOAConfig(StatsConfig):
     trust_span: float = 8.0             # "stem": full trust at this many times the threshold
     trust_floor: float = 0.0            # "shift": the source share never falls below this
     trust_debias: bool = True           # "shift": the frames' own average, not the estimate
-    fold_novelty: float = 0.0           # a frame whose stem statistics are within this Jeffreys
-    #                                     divergence of the last folded frame's is not folded
-    #                                     (a repeated view; 0: fold every frame)
     stats_depth: float = 1.0            # share of the BatchNorms (first in module order) that
     #                                     normalise single frames with test statistics
     layers: str | list[str] = "auto"
@@ -294,8 +291,6 @@ class ZOA(AdaptMethod):
         # "stem" trust: the source share from the gate's stem divergence, smoothed over tests
         self._stem_trust = cfg.trust == "stem" and self._fold_frames and self.gate is not None
         self._shift_level: float | None = None
-        self._last_folded_stem: EarlyStats | None = None
-        self.repeats_not_folded = 0
         self._folded = 0.0            # frames folded into the estimate since it was the source's
         self._since_norm = 0          # frames since bn_norm was computed
         self.trust_weights: list[float] = []   # the last source share per BatchNorm layer
@@ -373,7 +368,7 @@ class ZOA(AdaptMethod):
                                                        on_early=on_early)
             logits = self._shifted_logits(features, params)
         work = []
-        if ctx.frame_sink and self._novel(early_stats):
+        if ctx.frame_sink:
             work.append(frames_fold(self.store, ctx.frame_sink, self.cfg.frame_momentum))
             if self._trust is not None or self._stem_trust:
                 work.append(lambda: self._folded_frames(x.shape[0]))
@@ -399,19 +394,6 @@ class ZOA(AdaptMethod):
                             recall=observe and self.gate is None, gate=observe)
         self._count(frames_predicted=x.shape[0])
         return rec
-
-    def _novel(self, stem: EarlyStats | None) -> bool:
-        """Whether a frame's statistics should be folded: not a repeat of the last folded
-        frame's view (``fold_novelty``)."""
-        if self.cfg.fold_novelty <= 0 or stem is None:
-            return True
-        last = self._last_folded_stem
-        if last is not None and last.count == stem.count and jeffreys(
-                stem.mean, stem.var, last.mean, last.var) < self.cfg.fold_novelty:
-            self.repeats_not_folded += 1
-            return False
-        self._last_folded_stem = stem
-        return True
 
     def prediction_params(self) -> tuple[ParamSet, str]:
         """The parameter set and normalisation a prediction would use now (the source model's
