@@ -83,7 +83,6 @@ from zoa_ros.core.adapt.shift_gate import (
     GateConfig,
     ShiftGate,
 )
-from zoa_ros.core.adapt.shift_trust import mean_share, trusted_norm
 from zoa_ros.core.adapt.spsa import first_adamw_step, segmented_uniform, sgd_step, spsa_gradient
 from zoa_ros.core.adapt.stats_recall import StatsRecall
 from zoa_ros.core.adapt.taps import ForwardRecord, ThreadSafeExtractor
@@ -95,15 +94,18 @@ from zoa_ros.core.runtime.prediction_first import StepAborted
 
 log = logging.getLogger(__name__)
 
-TRUSTS = ("prior", "shift", "stem")
+TRUSTS = ("prior", "stem")
+DEEP_FROM = 0.5       # no-harm: the second half of the BatchNorms trusts by the source entropy
 
 
 def no_harm_config(on: bool) -> dict:
     """The settings of no-harm adaptation (METHOD.md §10), or of the always-adapting streaming
-    rule before it: the shift gate, new domains restarted from the source statistics, and trust
-    in test statistics growing with the gate's measured shift. ``no_harm`` in a ZOA config
+    rule before it: the shift gate, new domains restarted from the source statistics, trust
+    in test statistics growing with the gate's measured shift, and in the deep half of the
+    BatchNorms only as far as the shift confuses the source model. ``no_harm`` in a ZOA config
     expands to these (keys given explicitly win)."""
-    return {"gate": on, "restart_from_source": on, "trust": "stem" if on else "prior"}
+    return {"gate": on, "restart_from_source": on, "trust": "stem" if on else "prior",
+            "deep_from": DEEP_FROM if on else 1.0}
 
 @dataclass(frozen=True)
 class ZOAConfig(StatsConfig):
@@ -144,11 +146,15 @@ class ZOAConfig(StatsConfig):
     gate_probe_every: int = 256         # re-test an entropy-opened gate after this many frames
     restart_from_source: bool = False   # a domain the memory does not know starts from source
     trust: str = "prior"                # running BN statistics: "prior" (a fixed stats_prior
-    #                                     share of the source), "shift" (per layer) or "stem"
-    #                                     (grows with the gate's stem divergence), METHOD §10
+    #                                     share of the source) or "stem" (grows with the gate's
+    #                                     stem divergence), METHOD §10
     trust_span: float = 8.0             # "stem": full trust at this many times the threshold
-    trust_floor: float = 0.0            # "shift": the source share never falls below this
-    trust_debias: bool = True           # "shift": the frames' own average, not the estimate
+    deep_from: float = 1.0              # "stem": the BatchNorms from this share of the network on
+    #                                     trust test statistics only as far as the source model's
+    #                                     entropy says the shift hurts it (1.0: all layers alike)
+    deep_entropy_span: float = 1.5      # full deep trust at this many times the gate's clean
+    #                                     entropy threshold
+    entropy_samples: int = 8            # frames of each step's batch the source model classifies
     stats_depth: float = 1.0            # share of the BatchNorms (first in module order) that
     #                                     normalise single frames with test statistics
     layers: str | list[str] = "auto"
@@ -192,8 +198,10 @@ class ZOAConfig(StatsConfig):
             raise ValueError(f"bn_stats must be {BATCH!r} or {RUNNING!r}, not {self.bn_stats!r}")
         if self.trust not in TRUSTS:
             raise ValueError(f"trust must be one of {TRUSTS}, not {self.trust!r}")
-        if not 0.0 <= self.trust_floor <= 1.0:
-            raise ValueError(f"trust_floor must be in [0, 1], not {self.trust_floor}")
+        if not 0.0 <= self.deep_from <= 1.0 or self.deep_entropy_span <= 1.0 or \
+                self.entropy_samples < 1:
+            raise ValueError("deep_from must be in [0, 1], deep_entropy_span > 1 and "
+                             "entropy_samples >= 1")
         if not (isinstance(self.alpha_init, int | float) or self.alpha_init == "normal"):
             raise ValueError(f"alpha_init must be a number or 'normal', not {self.alpha_init!r}")
 
@@ -285,15 +293,16 @@ class ZOA(AdaptMethod):
         # (key, estimate) at each gate test while adapting, a window back: a domain as it
         # stood before the frames that ended it
         self._history: deque = deque(maxlen=cfg.gate_window // cfg.gate_hop + 1)
-        reference = pack.shift_reference
-        self._trust = reference if (cfg.trust == "shift" and self._fold_frames and reference
-                                    is not None and reference.layer_noise) else None
         # "stem" trust: the source share from the gate's stem divergence, smoothed over tests
         self._stem_trust = cfg.trust == "stem" and self._fold_frames and self.gate is not None
         self._shift_level: float | None = None
-        self._folded = 0.0            # frames folded into the estimate since it was the source's
         self._since_norm = 0          # frames since bn_norm was computed
-        self.trust_weights: list[float] = []   # the last source share per BatchNorm layer
+        self.source_share = 1.0       # the source statistics' share in the last bn_norm
+        # deep layers: from this BatchNorm index on, trust scaled by the source model's entropy
+        deep = round(cfg.deep_from * len(self.bn_names))
+        self._deep_from = deep if self._stem_trust and deep < len(self.bn_names) else None
+        self.deep_trust = 0.0         # 0: deep layers keep the source statistics; 1: as shallow
+        self._openings = 0            # gate openings seen (deep trust is kept across changes)
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         # A loaded statistics memory this method does not use (stats_recall off), kept so that
@@ -344,8 +353,10 @@ class ZOA(AdaptMethod):
                            recall_bytes=self.recall.nbytes)
         if self.gate is not None:
             summary["gate"] = self.gate.summary()
-        if self._trust is not None:
-            summary["source_share"] = mean_share(self.trust_weights)
+        if self._stem_trust:
+            summary["source_share"] = self.source_share
+            if self._deep_from is not None:
+                summary["deep_trust"] = self.deep_trust
         return summary
 
     # ---- forward passes -------------------------------------------------------------------
@@ -370,7 +381,7 @@ class ZOA(AdaptMethod):
         work = []
         if ctx.frame_sink:
             work.append(frames_fold(self.store, ctx.frame_sink, self.cfg.frame_momentum))
-            if self._trust is not None or self._stem_trust:
+            if self._stem_trust:
                 work.append(lambda: self._folded_frames(x.shape[0]))
         if gate and self.gate is not None and early_stats is not None:
             work.append(lambda: self._gate_observe(early_stats, logits))
@@ -415,28 +426,35 @@ class ZOA(AdaptMethod):
 
     def _folded_frames(self, frames: int) -> None:
         """Deferred work after a fold: every ``gate_hop`` frames recompute what the BatchNorms
-        normalise with (shift-scaled trust)."""
-        self._folded += frames
+        normalise with."""
         self._since_norm += frames
         if self._since_norm >= self.cfg.gate_hop:
             self._refresh_norm()
 
     def _refresh_norm(self) -> None:
-        """Shift-scaled trust: each BatchNorm's normalisation from the running estimate, the
-        frames behind it and the pack's clean layer noise (:mod:`.shift_trust`)."""
+        """"stem" trust: every BatchNorm normalises with the source statistics and the running
+        estimate blended at the source share :meth:`_stem_share`; with ``deep_from`` the deep
+        ones at ``1 − (1 − w) · deep_trust`` (:meth:`_measure_deep_trust`)."""
         self._since_norm = 0
-        cfg = self.cfg
-        stats = self.store.published.bn_stats
-        if self._stem_trust:
-            w = self._stem_share()
-            norm = tuple(blend_source(m, v, sm, sv, w) for (m, v), (sm, sv) in
-                         zip(stats, self._initial.bn_stats, strict=True))
-            self.trust_weights = [w]
-        else:
-            norm, self.trust_weights = trusted_norm(
-                stats, self._initial.bn_stats, self._trust, self._folded, cfg.frame_momentum,
-                cfg.gate_dwell, cfg.trust_floor, cfg.trust_debias)
+        w = self.source_share = self._stem_share()
+        deep = 1.0 - (1.0 - w) * self.deep_trust
+        first = len(self.bn_names) if self._deep_from is None else self._deep_from
+        norm = tuple(blend_source(m, v, sm, sv, w if i < first else deep)
+                     for i, ((m, v), (sm, sv)) in enumerate(
+                         zip(self.store.published.bn_stats, self._initial.bn_stats, strict=True)))
         self.store.update(lambda _params: {"bn_norm": norm})
+
+    def _measure_deep_trust(self, x: torch.Tensor) -> None:
+        """How much the shift hurts the source model, from its mean prediction entropy on
+        ``entropy_samples`` frames of a step's batch spread over it: 0 up to the gate's clean
+        entropy threshold, 1 at ``deep_entropy_span`` times it, log-linear between. Applied at
+        the next recomputation of the normalisation."""
+        k = min(self.cfg.entropy_samples, x.shape[0])
+        picked = torch.linspace(0, x.shape[0] - 1, k).round().long()
+        rec = self._forward(x[picked], self._initial, self._source_norm)
+        level, threshold = float(entropy(rec.logits).mean()), self.gate.entropy_threshold
+        self.deep_trust = 0.0 if level <= threshold or threshold <= 0 else min(
+            1.0, math.log(level / threshold) / math.log(self.cfg.deep_entropy_span))
 
     def _stem_share(self) -> float:
         """"stem" trust: the source share falls from 1 at the gate's opening threshold to
@@ -447,13 +465,12 @@ class ZOA(AdaptMethod):
         ramp = min(1.0, math.log(level / threshold) / math.log(self.cfg.trust_span))
         return 1.0 - (1.0 - self.cfg.stats_prior) * ramp
 
-    def _restart_stats(self, stats: BnStats | None, converged: bool) -> None:
-        """Continue from ``stats`` (``None``: the source statistics; ``converged``: a
-        remembered estimate, trusted as one of many frames)."""
+    def _restart_stats(self, stats: BnStats | None) -> None:
+        """Continue from ``stats`` (``None``: the source statistics; else a remembered
+        estimate)."""
         stats = self._initial.bn_stats if stats is None else stats
         self.store.update_stats(lambda _current: stats)
-        self._folded = math.inf if converged else 0.0
-        if self._trust is not None or self._stem_trust:
+        if self._stem_trust:
             self._refresh_norm()
 
     def _gate_observe(self, stem: EarlyStats, logits: torch.Tensor) -> None:
@@ -494,8 +511,11 @@ class ZOA(AdaptMethod):
         """A new shifted domain: the source statistics to start from, no shift history. Its
         frames so far are few, or mixed with the previous input's: the memory is asked once a
         window holds only the new domain (``settled``)."""
+        if self.gate.openings != self._openings:   # opened from the source model: deep layers
+            self.deep_trust = 0.0                     # keep its statistics until measured
+            self._openings = self.gate.openings
         if self.cfg.restart_from_source:
-            self._restart_stats(None, converged=False)
+            self._restart_stats(None)
         params = self.store.published
         self.store.publish(params.replace(shift_h=None, version=params.version + 1),
                            keep_stats=True)
@@ -503,7 +523,7 @@ class ZOA(AdaptMethod):
     def _recall_domain(self, key: tuple | None) -> None:
         stats = None if key is None else self.recall.find(key, self.gate.change_threshold)
         if stats is not None:
-            self._restart_stats(stats, converged=True)
+            self._restart_stats(stats)
             log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
                      len(self.recall.entries))
 
@@ -516,12 +536,8 @@ class ZOA(AdaptMethod):
         stats = self.recall.observe(early, frames, ctx.params.bn_stats, restart)
         if stats is None:
             return
-        if self._trust is None:
-            ctx.params = ctx.params.replace(bn_stats=stats)
-            self.store.update_stats(lambda _current: stats)
-        else:   # what BatchNorms normalise with changes from the next frame on
-            self.store.defer(lambda: self._restart_stats(None if stats is restart else stats,
-                                                         converged=stats is not restart))
+        ctx.params = ctx.params.replace(bn_stats=stats)
+        self.store.update_stats(lambda _current: stats)
         log.info("%s the BatchNorm statistics (%d domains stored)",
                  "restarted" if stats is restart else "recalled", len(self.recall.entries))
 
@@ -583,6 +599,8 @@ class ZOA(AdaptMethod):
                 info = StepInfo(False, "the input looks like the source (shift gate closed)")
                 self.last_step = info
                 return info
+            if self._deep_from is not None:
+                self._measure_deep_trust(x)
             rec = self._reusable(cached, x.shape[0])
             if rec is not None:
                 return self._step(x, rec, forwards=0, reused=True)
@@ -746,7 +764,8 @@ class ZOA(AdaptMethod):
                 self.recall.clear()
             if self.gate is not None:
                 self.gate.reset()
-            self._folded, self._since_norm, self.trust_weights = 0.0, 0, []
+            self._since_norm, self.source_share, self.deep_trust = 0, 1.0, 0.0
+            self._openings = 0
             self._history.clear()
             self._dormant_recall = (None, ())
             self.similarity = torch.zeros(0, 0, device=self.device)
@@ -798,7 +817,7 @@ class ZOA(AdaptMethod):
             self._origins = list(state.entry_origins())
             self._momentum_buffer = None
             self._domain_changes, self._domain_id = state.domain_changes, state.domain_id
-            self._folded, self._since_norm = math.inf, self.cfg.gate_hop   # refresh bn_norm
+            self._since_norm = self.cfg.gate_hop   # bn_norm recomputed at the next fold
             self.store.publish(params)
 
     def _validated_recall(self, state: BankState) -> tuple:

@@ -171,11 +171,14 @@ class _MethodRun:
                "recovery_frames": recovery_frames(self.hits) if labelled and boundary else None}
         if has_bank(self.engine):
             row["bank_weights"] = bank_weights(self.engine)
-        gate = self.engine.method.bank_summary().get("gate")
+        summary = self.engine.method.bank_summary()
+        gate = summary.get("gate")
         if gate is not None:
             adapting = gate["frames_adapting"] - self.gate_frames
             self.gate_frames = gate["frames_adapting"]
             row["adapting"] = 100.0 * adapting / n
+        if "deep_trust" in summary:     # ZOA's deep-layer trust at the segment's end
+            row["deep_trust"] = summary["deep_trust"]
         self.domains.append(row)
         self.hits, self.agrees, self.entropy_sum = [], 0, 0.0
         return row

@@ -10,12 +10,7 @@ Measured once, at calibration, on the clean calibration images, and stored in th
   consecutive images, the mean prediction entropy of the unadapted model over them, and the
   divergence between the *scene variances* (:func:`scene_variance`) of those ``m`` images and
   of the ``m`` after them (:func:`variance_divergence`) - how much related content alone moves
-  a window, the null of a domain change;
-* BatchNorm models, per window size and BatchNorm layer (in module order): the mean over
-  windows of the channel-mean divergence between the window's pooled input statistics and the
-  layer's source running statistics - how far ``m`` clean, related images alone put a test
-  estimate from the source one (:func:`layer_divergence`); what a shifted estimate must exceed
-  before it is trusted (METHOD.md §10).
+  a window, the null of a domain change.
 
 The windows are ``m`` consecutive images of the image list in its given (sorted) order, every
 start position, wrapping around, for every ``m`` of :data:`WINDOW_IMAGES` that leaves at least
@@ -31,7 +26,7 @@ provided the clean stream is no more correlated than class-ordered images.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,27 +71,14 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def layer_divergence(mean: torch.Tensor, var: torch.Tensor, source_mean: torch.Tensor,
-                     source_var: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per channel (last dim), the symmetric KL between N(mean, var) and the source
-    N(source_mean, source_var); ``eps`` is BatchNorm's, so near-constant channels do not
-    dominate."""
-    sq = (mean - source_mean) ** 2
-    a, b = var + eps, source_var + eps
-    return (a + sq) / (2 * b) + (b + sq) / (2 * a) - 1.0
-
-
 @dataclass
 class ShiftReference:
-    """The stem reference and, per window size, the sorted null values of each test, plus
-    the BatchNorm layers' clean divergence per window size (``layer_noise``, empty for a
-    model without BatchNorm)."""
+    """The stem reference and, per window size, the sorted null values of each test."""
 
     stem_mean: torch.Tensor
     stem_var: torch.Tensor
     nulls: dict[tuple[str, int], torch.Tensor]   # (kind, window images) -> sorted values
     images: int
-    layer_noise: dict[int, torch.Tensor] = field(default_factory=dict)   # m -> [layers]
 
     @property
     def window_sizes(self) -> list[int]:
@@ -125,19 +107,7 @@ class ShiftReference:
                f"{_PREFIX}stem_var": self.stem_var.float().contiguous()}
         out.update({f"{_PREFIX}{kind}_null.{m}": v.float().contiguous()
                     for (kind, m), v in self.nulls.items()})
-        out.update({f"{_PREFIX}layer_noise.{m}": v.float().contiguous()
-                    for m, v in self.layer_noise.items()})
         return out
-
-    def noise(self, images: float) -> torch.Tensor | None:
-        """Each BatchNorm layer's clean divergence for an estimate over ``images`` distinct
-        images: the calibrated window size at or below it (the larger noise: cautious); the
-        smallest size below that. ``None`` without BatchNorm layers."""
-        if not self.layer_noise:
-            return None
-        sizes = sorted(self.layer_noise)
-        below = [m for m in sizes if m <= images]
-        return self.layer_noise[below[-1] if below else sizes[0]]
 
     def describe(self) -> dict:
         """For the pack's metadata: what was measured, and the thresholds at 1 %."""
@@ -148,18 +118,16 @@ class ShiftReference:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], images: int) -> ShiftReference | None:
-        """The reference stored in a pack's tensors, or ``None`` (a pack made before it)."""
+        """The reference stored in a pack's tensors, or ``None`` (a pack made before it).
+        Layer noise that packs of an earlier version also hold is not read."""
         if f"{_PREFIX}stem_mean" not in tensors:
             return None
-        nulls, noise = {}, {}
+        nulls = {}
         for key, value in tensors.items():
             if key.startswith(_PREFIX) and "_null." in key:
                 kind, m = key[len(_PREFIX):].split("_null.")
                 nulls[(kind, int(m))] = value
-            elif key.startswith(f"{_PREFIX}layer_noise."):
-                noise[int(key.rsplit(".", 1)[1])] = value
-        return cls(tensors[f"{_PREFIX}stem_mean"], tensors[f"{_PREFIX}stem_var"], nulls, images,
-                   noise)
+        return cls(tensors[f"{_PREFIX}stem_mean"], tensors[f"{_PREFIX}stem_var"], nulls, images)
 
 
 def window_nulls(stem: Sequence[EarlyStats], entropies: torch.Tensor,
@@ -198,11 +166,6 @@ def measure_reference(model: nn.Module, images: Sequence[torch.Tensor | Path],
     token = prefix > 0 or getattr(model, "patch_embed", None) is not None
     captured: list[torch.Tensor] = []
     handles = [module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))]
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    moments: list[list[torch.Tensor]] = [[] for _ in norms]   # per layer: [images, 2, C]
-    for bn, sink in zip(norms, moments):
-        handles.append(bn.register_forward_pre_hook(
-            lambda _m, inputs, sink=sink: sink.append(_frame_moments(inputs[0]))))
     was_training = model.training
     model.eval()
     stem: list[EarlyStats] = []
@@ -224,35 +187,5 @@ def measure_reference(model: nn.Module, images: Sequence[torch.Tensor | Path],
     for s in stem[1:]:
         pooled = pooled + s
     mean, var = pooled.mean, pooled.var
-    noise = layer_noise([torch.cat(m) for m in moments],
-                        [(bn.running_mean.double(), bn.running_var.double()) for bn in norms]) \
-        if norms else {}
     return ShiftReference(mean, var, window_nulls(stem, torch.cat(entropies), mean, var),
-                          len(stem), noise)
-
-
-def _frame_moments(x: torch.Tensor) -> torch.Tensor:
-    """``[B, 2, C]``: each frame's per-channel mean and mean of squares of ``[B, C, H, W]``."""
-    x = x.detach().double()
-    return torch.stack([x.mean(dim=(2, 3)), (x * x).mean(dim=(2, 3))], dim=1)
-
-
-def layer_noise(moments: Sequence[torch.Tensor], source: Sequence[tuple[torch.Tensor, torch.Tensor]]
-                ) -> dict[int, torch.Tensor]:
-    """Per window size ``m``, each layer's clean divergence: the mean over all windows of ``m``
-    consecutive images (wrapping) of the channel-mean :func:`layer_divergence` between the
-    window's pooled statistics and the layer's source statistics. ``moments[l]``: ``[images,
-    2, C_l]`` (:func:`_frame_moments`)."""
-    n = moments[0].shape[0]
-    out = {}
-    for m in (m for m in WINDOW_IMAGES if 4 * m <= n):
-        rows = []
-        for x, (source_mean, source_var) in zip(moments, source):
-            ring = torch.cat([x, x[:m]])                      # wrap around
-            total = torch.cat([torch.zeros_like(ring[:1]), ring.cumsum(dim=0)])
-            window = (total[m:m + n] - total[:n]) / m           # [n, 2, C]
-            mean, square = window[:, 0], window[:, 1]
-            var = (square - mean * mean).clamp(min=0)
-            rows.append(layer_divergence(mean, var, source_mean, source_var).mean())
-        out[m] = torch.stack(rows).float()
-    return out
+                          len(stem))
