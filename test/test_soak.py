@@ -27,6 +27,7 @@ def test_a_short_soak_reports_every_minute_and_its_targets(make_pack, tmp_path: 
     (row,) = report["minutes"]
     assert 350 <= row["sent"] <= 460 and row["answered"] > 0 and row["node_alive"]
     assert row["e2e_p99_ms"] >= row["e2e_p50_ms"] > 0 and row["rss_mb"] > 0
+    assert row["minor_faults"] >= 0 and row["major_faults"] >= 0 and row["cpu_steal_s"] >= 0
     assert row["threads_alive"] == "inference, adaptation, camera_inputs"
     assert row["threads_stopped"] == "" and row["adaptation_steps"] > 0
     assert report["saves"][0]["ok"] and report["exit_code"] == 0

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -114,6 +115,20 @@ def number(values: dict[str, str], key: str) -> float:
         return float(values.get(key) or 0.0)
     except ValueError:
         return 0.0
+
+
+def process_faults(pid: int) -> tuple[int, int]:
+    """Page faults of process ``pid`` so far, ``(minor, major)``, from /proc (Linux)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()    # after "pid (comm) ": state is field 3
+    return int(fields[7]), int(fields[9])           # fields 10 (minflt) and 12 (majflt)
+
+
+def cpu_steal_seconds() -> float:
+    """CPU time stolen from this (virtual) machine by its host so far, all CPUs, from
+    /proc/stat (0 where the kernel does not count it)."""
+    values = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return int(values[7]) / os.sysconf("SC_CLK_TCK") if len(values) > 7 else 0.0
 
 
 def process_memory(pid: int) -> dict[str, float]:

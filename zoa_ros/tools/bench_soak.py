@@ -108,6 +108,7 @@ class Soak:
         self.sent_at: dict[int, float] = {}           # stamp (ns) -> time.monotonic() sent
         self.minute: list[tuple[float, float]] = []   # (e2e ms, inference ms) this minute
         self.rss: list[float] = []                     # the node's RSS (MB) this minute
+        self.counts: tuple[int, int, float] | None = None   # faults and steal at the last row
 
     def _on_answer(self, result: dict, arrived: float) -> None:
         stamp = result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
@@ -142,6 +143,7 @@ class Soak:
             self._stream(clock, self.args.warmup, node)
             with self.lock:
                 self.minute.clear()
+            self._counts(node)
             print(HEADER, flush=True)
             total = int(np.ceil(self.args.minutes))
             for index in range(total):
@@ -184,6 +186,18 @@ class Soak:
                 self.rss.append(process_memory(node.proc.pid)["rss_mb"])
         return sent
 
+    def _counts(self, node: Any) -> dict:
+        """The node's page faults and the machine's CPU steal since the last call (the first,
+        after the warm-up, starts the count): a slow minute from paging or from the host."""
+        from zoa_ros.ros.node_watch import cpu_steal_seconds, process_faults
+
+        before, (minor, major) = self.counts, process_faults(node.proc.pid)
+        self.counts = (minor, major, cpu_steal_seconds())
+        if before is None:
+            return {}
+        return {"minor_faults": minor - before[0], "major_faults": major - before[1],
+                "cpu_steal_s": self.counts[2] - before[2]}
+
     def _row(self, minute: int, sent: int, seconds: float, node: Any) -> dict:
         from zoa_ros.ros.node_watch import number, process_memory
 
@@ -197,6 +211,7 @@ class Soak:
         inference = np.array([s[1] for s in samples]) if samples else np.array([np.nan])
         alive = node.alive()
         memory = process_memory(node.proc.pid) if alive else {}
+        counts = self._counts(node) if alive else {}
         threads = values.get("threads_alive", "")
         return {"minute": minute, "seconds": seconds, "sent": sent, "answered": len(samples),
                 "e2e_p50_ms": float(np.percentile(e2e, 50)),
@@ -211,7 +226,8 @@ class Soak:
                 "peak_rss_mb": memory.get("peak_rss_mb", float("nan")),
                 "process_threads": memory.get("threads", 0),
                 "threads_alive": threads, "threads_stopped": values.get("threads_stopped", ""),
-                "health": values.get("health", "no diagnostics"), "node_alive": alive}
+                "health": values.get("health", "no diagnostics"), "node_alive": alive,
+                **counts}
 
     def _save(self) -> dict:
         from zoa_ros.ros.node_process import call_trigger
