@@ -302,7 +302,6 @@ class ZOA(AdaptMethod):
         deep = round(cfg.deep_from * len(self.bn_names))
         self._deep_from = deep if self._stem_trust and deep < len(self.bn_names) else None
         self.deep_trust = 0.0         # 0: deep layers keep the source statistics; 1: as shallow
-        self._openings = 0            # gate openings seen (deep trust is kept across changes)
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         # A loaded statistics memory this method does not use (stats_recall off), kept so that
@@ -492,6 +491,8 @@ class ZOA(AdaptMethod):
                  _num(gate.last_change), gate.change_threshold)
         if event in (CLOSED, CHANGED):
             self._remember_domain()
+        if event == OPENED:         # from the source model: the deep layers keep its statistics
+            self.deep_trust = 0.0   # until a step measures (kept across a change of domain)
         if event in (OPENED, CHANGED):
             self._shift_level = gate.last_divergence
             self._enter_domain()
@@ -511,9 +512,6 @@ class ZOA(AdaptMethod):
         """A new shifted domain: the source statistics to start from, no shift history. Its
         frames so far are few, or mixed with the previous input's: the memory is asked once a
         window holds only the new domain (``settled``)."""
-        if self.gate.openings != self._openings:   # opened from the source model: deep layers
-            self.deep_trust = 0.0                     # keep its statistics until measured
-            self._openings = self.gate.openings
         if self.cfg.restart_from_source:
             self._restart_stats(None)
         params = self.store.published
@@ -765,7 +763,6 @@ class ZOA(AdaptMethod):
             if self.gate is not None:
                 self.gate.reset()
             self._since_norm, self.source_share, self.deep_trust = 0, 1.0, 0.0
-            self._openings = 0
             self._history.clear()
             self._dormant_recall = (None, ())
             self.similarity = torch.zeros(0, 0, device=self.device)
