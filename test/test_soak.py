@@ -34,3 +34,17 @@ def test_a_short_soak_reports_every_minute_and_its_targets(make_pack, tmp_path: 
     assert set(report["targets"]) >= {"no thread lost", "clean exit", "every save succeeded"}
     assert report["targets"]["no thread lost"] and report["targets"]["clean exit"]
     assert "node threads alive" in run.stdout and "3/3" in run.stdout
+
+
+def test_page_faults_are_read_from_the_right_fields() -> None:
+    """Touching 64 MiB of fresh memory costs one minor fault per 4 KiB page (or fewer with
+    huge pages, never none); the children's counts (the neighbouring fields) do not move."""
+    from zoa_ros.ros.node_watch import cpu_steal_seconds, process_faults
+
+    minor, major = process_faults(os.getpid())
+    block = bytearray(64 << 20)
+    block[::4096] = b"\x01" * len(block[::4096])
+    after_minor, after_major = process_faults(os.getpid())
+    assert after_minor - minor >= 16 and after_major >= major
+    assert cpu_steal_seconds() >= 0.0
+
