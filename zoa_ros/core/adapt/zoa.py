@@ -98,6 +98,14 @@ TRUSTS = ("prior", "stem")
 DEEP_FROM = 0.5       # no-harm: the second half of the BatchNorms trusts by the source entropy
 
 
+def log_ramp(level: float, threshold: float, span: float) -> float:
+    """0 up to ``threshold``, 1 from ``span`` times it on, log-linear between (how far a
+    measured level is past a calibrated threshold, for the trust in test statistics)."""
+    if threshold <= 0 or level <= threshold:
+        return 0.0
+    return min(1.0, math.log(level / threshold) / math.log(span))
+
+
 def no_harm_config(on: bool) -> dict:
     """The settings of no-harm adaptation (METHOD.md §10), or of the always-adapting streaming
     rule before it: the shift gate, new domains restarted from the source statistics, trust
@@ -451,17 +459,15 @@ class ZOA(AdaptMethod):
         k = min(self.cfg.entropy_samples, x.shape[0])
         picked = torch.linspace(0, x.shape[0] - 1, k).round().long()
         rec = self._forward(x[picked], self._initial, self._source_norm)
-        level, threshold = float(entropy(rec.logits).mean()), self.gate.entropy_threshold
-        self.deep_trust = 0.0 if level <= threshold or threshold <= 0 else min(
-            1.0, math.log(level / threshold) / math.log(self.cfg.deep_entropy_span))
+        self.deep_trust = log_ramp(float(entropy(rec.logits).mean()),
+                                   self.gate.entropy_threshold, self.cfg.deep_entropy_span)
 
     def _stem_share(self) -> float:
         """"stem" trust: the source share falls from 1 at the gate's opening threshold to
         ``stats_prior`` at ``trust_span`` times it, log-linearly in the smoothed divergence."""
-        level, threshold = self._shift_level, self.gate.stem_threshold
-        if level is None or threshold <= 0 or level <= threshold:
-            return 1.0
-        ramp = min(1.0, math.log(level / threshold) / math.log(self.cfg.trust_span))
+        level = self._shift_level
+        ramp = 0.0 if level is None else log_ramp(level, self.gate.stem_threshold,
+                                                  self.cfg.trust_span)
         return 1.0 - (1.0 - self.cfg.stats_prior) * ramp
 
     def _restart_stats(self, stats: BnStats | None) -> None:
