@@ -96,6 +96,19 @@ def test_the_gate_opens_on_a_shift_notices_a_change_and_closes_on_clean() -> Non
     assert not gate.adapting and gate.openings == 0
 
 
+def test_the_fast_key_is_given_only_for_frames_that_look_shifted() -> None:
+    gate = ShiftGate(_reference(), GateConfig(window=16, hop=4, dwell=2, close_window=8,
+                                              fast_window=4))
+    clean = [_frame(1.0, 400 + i) for i in range(32)]
+    _run(gate, clean)
+    assert gate.fast_key() is None                 # clean frames: nothing to look up
+    low = [_frame(0.2, 500 + i, shift=0.5) for i in range(4)]
+    _run(gate, low)
+    mean, var = gate.fast_key()                    # the newest four alone look shifted
+    assert torch.allclose(mean, torch.stack([f.mean.double() for f in low]).mean(dim=0))
+    assert torch.allclose(var, torch.stack([f.var.double() for f in low]).mean(dim=0))
+
+
 def test_an_entropy_shift_opens_and_is_probed() -> None:
     gate = ShiftGate(_reference(), GateConfig(window=16, hop=4, dwell=2, close_window=8,
                                               probe_every=32))
@@ -167,3 +180,13 @@ def test_deep_layers_keep_the_source_statistics_on_a_shift_the_model_shrugs_off(
     assert zoa["gate"]["openings"] >= 1 and bright["adapting"] > 0.0
     assert zoa["costs"]["adapt_steps"] > 0
     assert bright["deep_trust"] == 0.0
+
+
+def test_a_remembered_domain_is_recalled_before_a_window_of_it_is_in(lite0) -> None:
+    """contrast -> fog -> contrast: the change to fog stores contrast's statistics; back on
+    contrast, the newest few frames find them (early) and the settled window confirms it."""
+    result = _evaluate(lite0, "clean:32,contrast@5:96,fog@5:96,contrast@5:96")
+    zoa = result["methods"]["zoa"]
+    assert zoa["gate"]["changes"] >= 2 and zoa["bank"]["recall_entries"] >= 1
+    assert zoa["bank"]["recall_early"] >= 1 and zoa["bank"]["recall_undone"] == 0
+    assert zoa["bank"]["recalls"] == zoa["bank"]["recall_early"]

@@ -126,6 +126,7 @@ class ShiftGate:
                                                     config.false_alarm)
         self.fast_images = reference.window_images(config.fast_window, config.dwell)
         self.fast_threshold = reference.threshold(CHANGE, self.fast_images, config.false_alarm)
+        self.fast_stem_threshold = reference.threshold(STEM, self.fast_images, alpha)
         self.close_images = reference.window_images(config.close_window, config.dwell)
         self.close_threshold = reference.threshold(STEM, self.close_images,
                                                    1.0 - config.close_quantile)
@@ -164,6 +165,20 @@ class ShiftGate:
         if len(recent) < frames:
             return None
         return _key([f.stem for f in recent])
+
+    def fast_key(self) -> Key | None:
+        """The key of the newest ``fast_window`` frames if they alone already look shifted
+        (their stem divergence from the clean reference above the opening threshold for that
+        few images), else ``None``: an early key to look a remembered domain up with, before a
+        whole window of the new domain is in (``settled``)."""
+        fast = self.config.fast_window
+        with self._lock:
+            if len(self._frames) < fast:
+                return None
+            recent = self._recent(fast)
+            if self._divergence(recent) <= self.fast_stem_threshold:
+                return None
+        return _key(recent)
 
     def observe(self, stem: EarlyStats, entropy: float) -> str | None:
         """One classified frame (its stem statistics and prediction entropy, classified in the
@@ -269,6 +284,7 @@ class ShiftGate:
                 "frames_adapting": self.frames_adapting, "window_images": self.window_images,
                 "stem_threshold": self.stem_threshold, "close_threshold": self.close_threshold,
                 "change_threshold": self.change_threshold, "fast_threshold": self.fast_threshold,
+                "fast_stem_threshold": self.fast_stem_threshold,
                 "entropy_threshold": self.entropy_threshold,
                 "last_divergence": self.last_divergence, "last_entropy": self.last_entropy,
                 "last_change": self.last_change}

@@ -115,13 +115,15 @@ class StatsRecall:
             if len(self.entries) > self.capacity:
                 del self.entries[0]
 
-    def find(self, key: tuple[torch.Tensor, torch.Tensor], threshold: float) -> BnStats | None:
+    def find(self, key: tuple[torch.Tensor, torch.Tensor], threshold: float,
+             recalled: BnStats | None = None) -> BnStats | None:
         """The statistics of the remembered domain whose scene variance is nearest ``key``'s,
         if within ``threshold`` (:func:`~zoa_ros.core.model.shift_reference.
         variance_divergence`; the shift gate's change threshold: as close as related content
-        alone puts two windows of one domain)."""
+        alone puts two windows of one domain). Finding ``recalled`` (the statistics an earlier
+        look-up gave) confirms that recall and is not counted again."""
         with self._lock:
-            return self._take(self._closest(key[1].float(), threshold))
+            return self._take(self._closest(key[1].float(), threshold), recalled)
 
     def _closest(self, var: torch.Tensor, threshold: float) -> int | None:
         return _best([variance_divergence(e.key_var, var) for e in self.entries], threshold)
@@ -146,13 +148,14 @@ class StatsRecall:
     def _lookup(self, mean: torch.Tensor, var: torch.Tensor) -> BnStats | None:
         return self._take(self._nearest(mean, var))
 
-    def _take(self, hit: int | None) -> BnStats | None:
-        """Entry ``hit``'s statistics, counted as a recall and moved to most recently used."""
+    def _take(self, hit: int | None, recalled: BnStats | None = None) -> BnStats | None:
+        """Entry ``hit``'s statistics, counted as a recall (unless they are ``recalled``) and
+        moved to most recently used."""
         if hit is None:
             return None
         entry = self.entries.pop(hit)
         self.entries.append(entry)
-        self.recalls += 1
+        self.recalls += entry.stats is not recalled
         return entry.stats
 
     def export(self) -> tuple[tuple[torch.Tensor, torch.Tensor] | None,

@@ -145,6 +145,9 @@ class ZOAConfig(StatsConfig):
     stats_reset_on_change: bool = True
     stats_recall: bool = False          # per-domain memory of the running BN statistics
     recall_window: int = 32             # frames per stem-statistics test of that memory
+    early_recall: bool = True           # with the gate: look a new domain up from its first
+    #                                     few frames (the gate's fast window), confirmed once
+    #                                     a window of it is in
     gate: bool = False                  # shift gate: the source model while input looks clean
     gate_window: int = 32               # frames per gate test
     gate_hop: int = 4                   # frames between gate tests
@@ -310,6 +313,10 @@ class ZOA(AdaptMethod):
         deep = round(cfg.deep_from * len(self.bn_names))
         self._deep_from = deep if self._stem_trust and deep < len(self.bn_names) else None
         self.deep_trust = 0.0         # 0: deep layers keep the source statistics; 1: as shallow
+        # early recall: looking a new domain up until it settles, and what it recalled
+        self._seeking = False
+        self._early: BnStats | None = None
+        self.early_recalls = self.undone_recalls = 0
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
         # A loaded statistics memory this method does not use (stats_recall off), kept so that
@@ -357,7 +364,8 @@ class ZOA(AdaptMethod):
                    "domain_changes": self._domain_changes, "domain_id": self._domain_id}
         if self.recall is not None:
             summary.update(recall_entries=len(self.recall.entries), recalls=self.recall.recalls,
-                           recall_bytes=self.recall.nbytes)
+                           recall_bytes=self.recall.nbytes, recall_early=self.early_recalls,
+                           recall_undone=self.undone_recalls)
         if self.gate is not None:
             summary["gate"] = self.gate.summary()
         if self._stem_trust:
@@ -489,6 +497,8 @@ class ZOA(AdaptMethod):
             self._history.append((gate.key(), self.store.published.bn_stats))
             level, d = self._shift_level, gate.last_divergence
             self._shift_level = d if level is None else 0.75 * level + 0.25 * d
+            if event is None and self._seeking:
+                self._recall_early()
         if event is None:
             return
         log.info("shift gate %s (stem divergence %s, threshold %.3f; entropy %s, threshold "
@@ -502,8 +512,13 @@ class ZOA(AdaptMethod):
         if event in (OPENED, CHANGED):
             self._shift_level = gate.last_divergence
             self._enter_domain()
+            self._seeking = self.recall is not None and self.cfg.early_recall
+            if self._seeking:
+                self._recall_early()
         elif event == SETTLED and self.recall is not None:
             self._recall_domain(gate.key())
+        elif event == CLOSED:
+            self._seeking, self._early = False, None
 
     def _remember_domain(self) -> None:
         """The domain that just ended, as it stood a window before (its first frames of the
@@ -524,9 +539,33 @@ class ZOA(AdaptMethod):
         self.store.publish(params.replace(shift_h=None, version=params.version + 1),
                            keep_stats=True)
 
+    def _recall_early(self) -> None:
+        """Until the new domain settles: once its newest ``gate_fast_window`` frames alone
+        look shifted, look them up at the gate's threshold for that few images; a remembered
+        domain normalises from then on, ~a window earlier than :meth:`_recall_domain`."""
+        key = self.gate.fast_key()
+        stats = None if key is None else self.recall.find(key, self.gate.fast_threshold)
+        if stats is None:
+            return
+        self._seeking, self._early = False, stats
+        self.early_recalls += 1
+        self._restart_stats(stats)
+        log.info("recalled the BatchNorm statistics of a known domain early (%d stored)",
+                 len(self.recall.entries))
+
     def _recall_domain(self, key: tuple | None) -> None:
-        stats = None if key is None else self.recall.find(key, self.gate.change_threshold)
-        if stats is not None:
+        """A window of the new domain is in: look it up at the change threshold. An early
+        recall it does not confirm is undone (another domain's statistics, or the source's)."""
+        early, self._early, self._seeking = self._early, None, False
+        stats = None if key is None else self.recall.find(key, self.gate.change_threshold,
+                                                          early)
+        if stats is not None and stats is early:
+            return
+        if stats is None and early is not None:
+            self.undone_recalls += 1
+            self._restart_stats(None)
+            log.info("an early recall was not confirmed: back to the source statistics")
+        elif stats is not None:
             self._restart_stats(stats)
             log.info("recalled the BatchNorm statistics of a known domain (%d stored)",
                      len(self.recall.entries))
@@ -769,6 +808,8 @@ class ZOA(AdaptMethod):
             if self.gate is not None:
                 self.gate.reset()
             self._since_norm, self.source_share, self.deep_trust = 0, 1.0, 0.0
+            self._seeking, self._early = False, None
+            self.early_recalls = self.undone_recalls = 0
             self._history.clear()
             self._dormant_recall = (None, ())
             self.similarity = torch.zeros(0, 0, device=self.device)
