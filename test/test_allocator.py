@@ -1,7 +1,8 @@
 """core/runtime/allocator.py: with the malloc settings applied, classifying single frames on a
 worker thread, and a batch whose activations exceed glibc's largest mmap threshold on the main
-thread, stop page-faulting their activations in again (counted by the kernel, in a fresh process
-each, as the setting is process-wide and one-way)."""
+thread, stop page-faulting their activations in again, and with one heap for all threads a batch
+on a worker thread too (counted by the kernel, in a fresh process each, as the settings are
+process-wide and one-way)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from zoa_ros.core.runtime.allocator import keep_freed_memory, keeps_freed_memory
 FAULTS = textwrap.dedent("""
     import json, resource, sys, threading
     import timm, torch
-    from zoa_ros.core.runtime.allocator import keep_freed_memory
-    applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+    from zoa_ros.core.runtime.allocator import keep_freed_memory, share_one_heap
+    if sys.argv[1] == "one_heap":
+        share_one_heap()
+    applied = keep_freed_memory() if sys.argv[1] in ("keep", "one_heap") else False
     batch = int(sys.argv[2])
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     frames = torch.randn(batch, 3, 224, 224)
@@ -36,7 +39,7 @@ FAULTS = textwrap.dedent("""
             for _ in range(passes):
                 model(frames)
             out["faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / passes
-    if batch == 1:
+    if batch == 1 or sys.argv[3:] == ["thread"]:
         worker = threading.Thread(target=classify)
         worker.start()
         worker.join()
@@ -46,9 +49,9 @@ FAULTS = textwrap.dedent("""
 """)
 
 
-def _faults_per_pass(mode: str, batch: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", FAULTS, mode, str(batch)], capture_output=True,
-                          text=True, timeout=180, check=True)
+def _faults_per_pass(mode: str, batch: int, *where: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", FAULTS, mode, str(batch), *where],
+                          capture_output=True, text=True, timeout=180, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -61,6 +64,17 @@ def test_the_settings_stop_the_page_faults_of_each_forward_pass(batch: int, leas
     assert default["faults"] > least, default
     # ... the settings keep them: at most a tenth of that remains.
     assert kept["faults"] <= default["faults"] / 10, (default, kept)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt (Linux)")
+def test_one_heap_keeps_a_worker_threads_batch_too() -> None:
+    """An adaptation batch of 32 frames on a worker thread (the node's adaptation thread): its
+    largest activations exceed what a thread heap holds, so glibc maps them per pass whatever
+    the thresholds; on the main heap they stay."""
+    kept = _faults_per_pass("keep", 32, "thread")
+    shared = _faults_per_pass("one_heap", 32, "thread")
+    assert kept["faults"] > 5000, kept
+    assert shared["faults"] <= kept["faults"] / 10, (kept, shared)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt (Linux)")

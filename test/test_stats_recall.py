@@ -40,6 +40,20 @@ def test_a_revisited_domain_gets_its_statistics_back():
     assert memory.recalls == 1 and len(memory.entries) == 2
 
 
+def test_a_look_up_that_confirms_a_recall_is_not_counted_twice():
+    memory = StatsRecall(threshold=0.2, momentum=0.36, window=16, capacity=4)
+    low, high = torch.full((4,), 0.5), torch.full((4,), 2.0)
+    memory.remember((torch.zeros(4), low), _stats(1.0), threshold=0.1)
+    memory.remember((torch.zeros(4), high), _stats(2.0), threshold=0.1)
+    early = memory.find((torch.zeros(4), low * 1.05), threshold=0.1)   # the early look-up
+    assert early is not None and memory.recalls == 1
+    assert memory.find((torch.zeros(4), low), 0.1, recalled=early) is early
+    assert memory.recalls == 1                     # the settled window confirmed it
+    other = memory.find((torch.zeros(4), high), 0.1, recalled=early)
+    assert other is not early and memory.recalls == 2   # it found another domain
+    assert memory.find((torch.zeros(4), 4 * high), 0.1, recalled=early) is None
+
+
 def test_single_frames_are_pooled_to_the_window():
     memory = StatsRecall(threshold=0.2, momentum=0.36, window=8, capacity=4)
     for s in range(16):

@@ -31,11 +31,16 @@ of the box (jemalloc, tcmalloc) must be preloaded with ``LD_PRELOAD`` before the
 starts, which a ROS node launched by others cannot rely on; ``mallopt`` is three calls at run
 time. It is process-wide and cannot be undone.
 
-One heap for all threads (glibc ``M_ARENA_MAX`` 1, set before any thread starts) would let a
-worker thread's batches stay in the heap too, but the threads would then share that heap's
-lock, and ``zoa_node`` adapts on a SCHED_IDLE thread: preempted while holding it on a busy CPU,
-that thread could stall classification. It also changed nothing ``zoa-ros bench node`` could
-measure (docs/lab/node-latency.md §4.4), so it is not done.
+:func:`share_one_heap` puts every thread on the main heap (glibc ``M_ARENA_MAX`` 1), so
+batches larger than a thread heap stay in it too. ``zoa_node`` adapts on its own thread, on
+batches of 32 frames whose largest activations (~150 MB) no thread heap can hold: without it
+each such forward pass took ~190,000 page faults and 1.7x the time of the same pass on one heap
+(docs/lab/robustness.md §9.4; a 60-minute soak counted 1.8-4.5 million faults in every minute
+of adaptation). The threads then take the main heap's lock for blocks too large for their
+per-thread cache; the adaptation thread runs under SCHED_IDLE, so one preempted while holding
+it can stall classification for as long as the CPUs stay busy: the soak's p99 per minute is the
+check. It must be set before the process starts threads that allocate: later, glibc hands new
+threads existing heaps in turn, not the main one.
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from collections.abc import Callable
 
 M_TRIM_THRESHOLD = -1          # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20      # the largest glibc accepts on 64-bit systems
 MMAP_MAX = 0                   # blocks above it come from the heap too
 TRIM_THRESHOLD = -1            # glibc reads it as the largest size: never trim
@@ -64,15 +71,29 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
     with _lock:
         if _applied:
             return True
-        try:
-            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-        except (OSError, AttributeError):   # not glibc (macOS, musl without mallopt, Windows)
+        mallopt = _mallopt()
+        if mallopt is None:
             return False
-        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
         _applied = (mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
                     and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
                     and mallopt(M_MMAP_MAX, mmap_max) == 1)
         return _applied
+
+
+def share_one_heap() -> bool:
+    """Every thread allocates from the main heap from now on (glibc ``M_ARENA_MAX`` 1); call it
+    before starting threads. ``False`` where the C library has no glibc ``mallopt``."""
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(M_ARENA_MAX, 1) == 1
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):   # not glibc (macOS, musl without mallopt, Windows)
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
 
 
 def keeps_freed_memory() -> bool:
