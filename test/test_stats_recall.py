@@ -52,6 +52,8 @@ def test_a_look_up_that_confirms_a_recall_is_not_counted_twice():
     other = memory.find((torch.zeros(4), high), 0.1, recalled=early)
     assert other is not early and memory.recalls == 2   # it found another domain
     assert memory.find((torch.zeros(4), 4 * high), 0.1, recalled=early) is None
+    # a domain just told apart from the one looked up is left out, and nothing else is near
+    assert memory.find((torch.zeros(4), low), 0.1, skip=early) is None
 
 
 def test_single_frames_are_pooled_to_the_window():

@@ -38,6 +38,7 @@ follows the new domain by the frames rule. The memory costs no forward pass.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -102,31 +103,36 @@ class StatsRecall:
             return unknown if found is None else found
 
     def remember(self, key: tuple[torch.Tensor, torch.Tensor], stats: BnStats,
-                 threshold: float) -> None:
+                 threshold: float) -> BnStats:
         """Store a domain the shift gate saw end (its key: mean of frame means and scene
         variance, :meth:`~.shift_gate.ShiftGate.key`), replacing one it cannot tell apart
-        (:meth:`find` at ``threshold``)."""
+        (:meth:`find` at ``threshold``); returns the stored statistics."""
         with self._lock:
             mean, var = (t.float() for t in key)
             same = self._closest(var, threshold)
             if same is not None:
                 del self.entries[same]
-            self.entries.append(RecallEntry(mean, var, tuple(stats)))
+            entry = RecallEntry(mean, var, tuple(stats))
+            self.entries.append(entry)
             if len(self.entries) > self.capacity:
                 del self.entries[0]
+            return entry.stats
 
     def find(self, key: tuple[torch.Tensor, torch.Tensor], threshold: float,
-             recalled: BnStats | None = None) -> BnStats | None:
+             recalled: BnStats | None = None, skip: BnStats | None = None) -> BnStats | None:
         """The statistics of the remembered domain whose scene variance is nearest ``key``'s,
         if within ``threshold`` (:func:`~zoa_ros.core.model.shift_reference.
         variance_divergence`; the shift gate's change threshold: as close as related content
         alone puts two windows of one domain). Finding ``recalled`` (the statistics an earlier
-        look-up gave) confirms that recall and is not counted again."""
+        look-up gave) confirms that recall and is not counted again. The entry holding ``skip``
+        is left out (a domain known not to be the one looked up)."""
         with self._lock:
-            return self._take(self._closest(key[1].float(), threshold), recalled)
+            return self._take(self._closest(key[1].float(), threshold, skip), recalled)
 
-    def _closest(self, var: torch.Tensor, threshold: float) -> int | None:
-        return _best([variance_divergence(e.key_var, var) for e in self.entries], threshold)
+    def _closest(self, var: torch.Tensor, threshold: float,
+                 skip: BnStats | None = None) -> int | None:
+        return _best([math.inf if e.stats is skip else variance_divergence(e.key_var, var)
+                      for e in self.entries], threshold)
 
     def _restart_watch(self) -> None:
         self.watch.clear()

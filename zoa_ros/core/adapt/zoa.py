@@ -316,6 +316,7 @@ class ZOA(AdaptMethod):
         # early recall: looking a new domain up until it settles, and what it recalled
         self._seeking = False
         self._early: BnStats | None = None
+        self._ended: BnStats | None = None   # the domain a change just ended, as remembered
         self.early_recalls = self.undone_recalls = 0
         self.similarity = torch.zeros(0, 0, device=self.device)
         self._origins: list[EntryOrigin | None] = []    # provenance per stored entry
@@ -507,8 +508,8 @@ class ZOA(AdaptMethod):
                  _num(gate.last_change), gate.change_threshold)
         if event in (CLOSED, CHANGED):
             self._remember_domain()
-        if event == OPENED:         # from the source model: the deep layers keep its statistics
-            self.deep_trust = 0.0   # until a step measures (kept across a change of domain)
+        if event == OPENED:   # from the source model: nothing ended; the deep layers keep the
+            self.deep_trust, self._ended = 0.0, None   # source statistics until a step measures
         if event in (OPENED, CHANGED):
             self._shift_level = gate.last_divergence
             self._enter_domain()
@@ -523,10 +524,11 @@ class ZOA(AdaptMethod):
     def _remember_domain(self) -> None:
         """The domain that just ended, as it stood a window before (its first frames of the
         new input not yet in), goes into the statistics memory."""
+        self._ended = None
         if self.recall is not None and len(self._history) == self._history.maxlen:
             key, stats = self._history[0]
             if key is not None:
-                self.recall.remember(key, stats, self.gate.change_threshold)
+                self._ended = self.recall.remember(key, stats, self.gate.change_threshold)
         self._history.clear()
 
     def _enter_domain(self) -> None:
@@ -542,9 +544,11 @@ class ZOA(AdaptMethod):
     def _recall_early(self) -> None:
         """Until the new domain settles: once its newest ``gate_fast_window`` frames alone
         look shifted, look them up at the gate's threshold for that few images; a remembered
-        domain normalises from then on, ~a window earlier than :meth:`_recall_domain`."""
+        domain normalises from then on, ~a window earlier than :meth:`_recall_domain`. After a
+        change, the domain that just ended is left out: the gate has just told them apart."""
         key = self.gate.fast_key()
-        stats = None if key is None else self.recall.find(key, self.gate.fast_threshold)
+        stats = None if key is None else self.recall.find(key, self.gate.fast_threshold,
+                                                          skip=self._ended)
         if stats is None:
             return
         self._seeking, self._early = False, stats
@@ -808,7 +812,7 @@ class ZOA(AdaptMethod):
             if self.gate is not None:
                 self.gate.reset()
             self._since_norm, self.source_share, self.deep_trust = 0, 1.0, 0.0
-            self._seeking, self._early = False, None
+            self._seeking, self._early, self._ended = False, None, None
             self.early_recalls = self.undone_recalls = 0
             self._history.clear()
             self._dormant_recall = (None, ())
