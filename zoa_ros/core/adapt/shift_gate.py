@@ -167,13 +167,15 @@ class ShiftGate:
         return _key([f.stem for f in recent])
 
     def fast_key(self) -> Key | None:
-        """The key of the newest ``fast_window`` frames if they alone already look shifted
-        (their stem divergence from the clean reference above the opening threshold for that
-        few images), else ``None``: an early key to look a remembered domain up with, before a
-        whole window of the new domain is in (``settled``)."""
+        """The key of the newest ``fast_window`` frames if all came after the last opening or
+        change (at the event itself the newest frames may still mix in the previous input) and
+        they alone already look shifted (their stem divergence from the clean reference above
+        the opening threshold for that few images), else ``None``: an early key to look a
+        remembered domain up with, before a whole window of the new domain is in
+        (``settled``)."""
         fast = self.config.fast_window
         with self._lock:
-            if len(self._frames) < fast:
+            if len(self._frames) < fast or self._since_event < fast:
                 return None
             recent = self._recent(fast)
             if self._divergence(recent) <= self.fast_stem_threshold:

@@ -514,8 +514,6 @@ class ZOA(AdaptMethod):
             self._shift_level = gate.last_divergence
             self._enter_domain()
             self._seeking = self.recall is not None and self.cfg.early_recall
-            if self._seeking:
-                self._recall_early()
         elif event == SETTLED and self.recall is not None:
             self._recall_domain(gate.key())
         elif event == CLOSED:
