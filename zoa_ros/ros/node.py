@@ -61,7 +61,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from zoa_ros.core.runtime.allocator import keeps_freed_memory, share_one_heap  # noqa: E402
+from zoa_ros.core.runtime.allocator import keeps_freed_memory  # noqa: E402
 from zoa_ros.core.runtime.cpus import (  # noqa: E402
     format_cpus,
     parse_cpus,
@@ -885,7 +885,6 @@ def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
         return 0
     P.use_default_fastdds_profile()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    share_one_heap()    # before DDS and the node start threads (core/runtime/allocator.py)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,16 +31,18 @@ of the box (jemalloc, tcmalloc) must be preloaded with ``LD_PRELOAD`` before the
 starts, which a ROS node launched by others cannot rely on; ``mallopt`` is three calls at run
 time. It is process-wide and cannot be undone.
 
-:func:`share_one_heap` puts every thread on the main heap (glibc ``M_ARENA_MAX`` 1), so
-batches larger than a thread heap stay in it too. ``zoa_node`` adapts on its own thread, on
-batches of 32 frames whose largest activations (~150 MB) no thread heap can hold: without it
-each such forward pass took ~190,000 page faults and 1.7x the time of the same pass on one heap
-(docs/lab/robustness.md §9.4; a 60-minute soak counted 1.8-4.5 million faults in every minute
-of adaptation). The threads then take the main heap's lock for blocks too large for their
-per-thread cache; the adaptation thread runs under SCHED_IDLE, so one preempted while holding
-it can stall classification for as long as the CPUs stay busy: the soak's p99 per minute is the
-check. It must be set before the process starts threads that allocate: later, glibc hands new
-threads existing heaps in turn, not the main one.
+One heap for all threads (glibc ``M_ARENA_MAX`` 1) is not used. A thread's own heap cannot hold
+a block above 64 MiB, and glibc maps those whatever the settings: ``zoa_node``'s adaptation
+thread, on batches of 32 frames, page-faults its largest activations in at every forward pass
+(a soak counted 1.8-4.5 million faults in every minute of adaptation; ``python
+test/test_allocator.py`` measures faults and time per pass on a worker thread against one
+heap). On one heap they stay, but every thread then takes that heap's lock for its large
+blocks, and the adaptation thread runs under SCHED_IDLE: with the CPUs saturated by other work
+it gets no CPU at all, and while it holds the lock every thread of the node waits for it. Tried
+in ``zoa_node`` (docs/lab/robustness.md §9.4): in a test run beside three other CPU-bound jobs
+two node tests failed, a service unanswered for 20 s and no frame classified for 30 s, as that
+mechanism predicts; it was taken out again rather than isolated further. Adapting on the main
+thread (whose heap holds any block) is the way to stop the faults without a shared lock.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ from collections.abc import Callable
 M_TRIM_THRESHOLD = -1          # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20      # the largest glibc accepts on 64-bit systems
 MMAP_MAX = 0                   # blocks above it come from the heap too
 TRIM_THRESHOLD = -1            # glibc reads it as the largest size: never trim
@@ -78,13 +79,6 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
                     and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
                     and mallopt(M_MMAP_MAX, mmap_max) == 1)
         return _applied
-
-
-def share_one_heap() -> bool:
-    """Every thread allocates from the main heap from now on (glibc ``M_ARENA_MAX`` 1); call it
-    before starting threads. ``False`` where the C library has no glibc ``mallopt``."""
-    mallopt = _mallopt()
-    return mallopt is not None and mallopt(M_ARENA_MAX, 1) == 1
 
 
 def _mallopt() -> Callable[[int, int], int] | None:
