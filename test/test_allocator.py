@@ -22,10 +22,9 @@ from zoa_ros.core.runtime.allocator import keep_freed_memory, keeps_freed_memory
 FAULTS = textwrap.dedent("""
     import json, resource, sys, threading, time
     import timm, torch
-    import ctypes
-    from zoa_ros.core.runtime.allocator import keep_freed_memory
-    if sys.argv[1] == "one_heap":   # glibc M_ARENA_MAX 1, for comparison (not used: allocator.py)
-        ctypes.CDLL("libc.so.6").mallopt(-8, 1)
+    from zoa_ros.core.runtime.allocator import _mallopt, keep_freed_memory
+    if sys.argv[1] == "one_heap":   # glibc M_ARENA_MAX (-8) 1, for comparison (not used: allocator.py)
+        _mallopt()(-8, 1)
     applied = keep_freed_memory() if sys.argv[1] in ("keep", "one_heap") else False
     batch = int(sys.argv[2])
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
