@@ -23,7 +23,7 @@ FAULTS = textwrap.dedent("""
     import json, resource, sys, threading, time
     import timm, torch
     from zoa_ros.core.runtime.allocator import _mallopt, keep_freed_memory
-    if sys.argv[1] == "one_heap":   # glibc M_ARENA_MAX (-8) 1, for comparison (not used: allocator.py)
+    if sys.argv[1] == "one_heap":   # glibc M_ARENA_MAX (-8) 1, to compare (allocator.py)
         _mallopt()(-8, 1)
     applied = keep_freed_memory() if sys.argv[1] in ("keep", "one_heap") else False
     batch = int(sys.argv[2])
