@@ -408,14 +408,14 @@ def test_adaptation_thread_priority_is_lowered_for_that_thread_only(idle: bool) 
     """SCHED_IDLE (the default) or nice + 5, for the calling thread only."""
     import os
 
-    from zoa_ros.ros.node import _lower_priority
+    from zoa_ros.ros.adaptation_worker import lower_priority
 
     warnings: list[str] = []
     log = SimpleNamespace(warning=warnings.append)
     seen: dict[str, int] = {}
 
     def adaptation() -> None:
-        _lower_priority(idle, 5, log)
+        lower_priority(idle, 5, log)
         tid = threading.get_native_id()
         seen["nice"] = os.getpriority(os.PRIO_PROCESS, tid)
         seen["policy"] = os.sched_getscheduler(tid)

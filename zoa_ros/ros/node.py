@@ -4,15 +4,17 @@ it at test time, driving :class:`zoa_ros.core.engine.Engine` (no model math here
 Lifecycle: *configure* loads the pack (or builds one from ``pack_build.*``; with neither, the
 default pack of :mod:`zoa_ros.core.model.default_pack`, built once into the cache), creates the
 engine with the method preset and autoloads the knowledge bank; *activate* subscribes to the
-cameras and starts the inference and adaptation threads; *deactivate* stops them and autosaves;
-*shutdown* (also on SIGINT/SIGTERM) autosaves when it was active. With ``autostart`` the node
-configures and activates itself.
+cameras, starts the inference thread and lets the adaptation run; *deactivate* stops both and
+autosaves; *shutdown* (also on SIGINT/SIGTERM) autosaves when it was active. With
+``autostart`` the node configures and activates itself.
 
 Threads: subscription callbacks only check headers and put the message into its camera's
 newest-frame slot (:mod:`.frame_slot`); one inference thread converts and classifies the newest
-frames (``Engine.predict(observe=True)``) and publishes; one adaptation thread calls
-``Engine.maybe_adapt()`` when woken (every ``adaptation.interval_frames`` frames, at most every
-``adaptation.min_period_s`` of node time), so a step never blocks classification.
+frames (``Engine.predict(observe=True)``) and publishes; the process's main thread, at idle
+priority, calls ``Engine.maybe_adapt()`` when woken (every ``adaptation.interval_frames`` frames,
+at most every ``adaptation.min_period_s`` of node time), so a step never blocks classification
+(:mod:`.adaptation_worker`: why the main thread); a thread of normal priority runs autostart,
+signals and shutdown.
 
 Topics (relative, so namespaced and remappable): in ``<camera>`` (sensor_msgs/Image) or
 ``<camera>/compressed`` (CompressedImage); out ``classification_json`` (std_msgs/String),
@@ -27,7 +29,9 @@ import json
 import math
 import os
 import re
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -61,7 +65,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from zoa_ros.core.runtime.allocator import keeps_freed_memory  # noqa: E402
+from zoa_ros.core.runtime.allocator import heap_per_thread, keeps_freed_memory  # noqa: E402
 from zoa_ros.core.runtime.cpus import (  # noqa: E402
     format_cpus,
     parse_cpus,
@@ -70,6 +74,7 @@ from zoa_ros.core.runtime.cpus import (  # noqa: E402
     reserve_cpus,
 )
 from zoa_ros.ros import conversions  # noqa: E402
+from zoa_ros.ros.adaptation_worker import AdaptationWorker  # noqa: E402
 from zoa_ros.ros.camera_inputs import CameraInputs  # noqa: E402
 from zoa_ros.ros.conversions import MalformedMessage  # noqa: E402
 from zoa_ros.ros.diagnostics import (  # noqa: E402
@@ -105,33 +110,6 @@ TUNING = {
     "adaptation.detect_domains": ("method", "detect"),
 }
 PRESET_ZERO = {"adaptation.lr", "adaptation.alpha_lr", "adaptation.domain_threshold"}
-
-
-def _lower_priority(idle: bool, increment: int, log: Any) -> None:
-    """Lower this thread's CPU priority (Linux: per thread, and the OpenMP threads torch starts
-    for it inherit it), so a background adaptation step takes a CPU only when classification
-    does not need it: ``idle`` = the SCHED_IDLE policy (runs only on an otherwise idle CPU and
-    yields it at once), else nice + ``increment``. A nice thread still takes its share of a busy
-    CPU, and every slice it takes stalls one of the inference thread's OpenMP threads while the
-    others wait for it at the end of a kernel."""
-    tid = threading.get_native_id()
-    try:
-        if idle:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        elif increment > 0:
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
-    except (AttributeError, OSError) as e:   # not Linux, or not permitted
-        log.warning(f"cannot lower the adaptation thread's priority: {e}")
-
-
-def _normal_priority(tid: int | None) -> None:
-    """Thread ``tid`` back to the normal policy (SCHED_OTHER), where permitted."""
-    if tid is None:
-        return
-    try:
-        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError):   # gone, not Linux, or not permitted
-        pass
 
 
 def input_qos(reliability: str, depth: int) -> QoSProfile:
@@ -178,15 +156,15 @@ class ZoaNode(LifecycleNode):
         self._logged: dict[tuple[str, str], float] = {}   # throttled malformed-message logs
         self._latency = LatencyWindow(self.p("diagnostics.latency_window"))
         self._inference_errors = 0
-        self._adapt_errors = 0
         self._inputs: CameraInputs | None = None
         self._threads: list[threading.Thread] = []
-        self._streaming = False   # the threads below run (and should)
-        self._adapt_tid: int | None = None
+        self._streaming = False   # the inference thread and the camera inputs run (and should)
         self._inference_cpus = parse_cpus(self.p("inference.cpus"))
         self._process_cpus: frozenset[int] = frozenset()
         self._stop = threading.Event()
-        self._adapt_wake = threading.Event()
+        self._adapter = AdaptationWorker(self._control_lock, log, lambda: (
+            self.p("adaptation.threads"), self.p("adaptation.idle_priority"),
+            self.p("adaptation.thread_nice")))
         self._tracker = DiagnosticsTracker(self.get_fully_qualified_name())
 
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -480,7 +458,6 @@ class ZoaNode(LifecycleNode):
 
     def _start_streaming(self) -> None:
         self._stop.clear()
-        self._adapt_wake.clear()
         self._slots.clear()
         self._slots.reopen()
         kind = "compressed" if self._transport == "compressed" else "raw"
@@ -495,17 +472,14 @@ class ZoaNode(LifecycleNode):
             with self._counts_lock:
                 self._counts[camera].subscribed = topic
         self._active_since = time.monotonic()
-        if self._engine is not None:
-            self._engine.abort_adaptation(False)
         ready = threading.Event()
         self._threads = [threading.Thread(target=self._inference_loop, args=(ready,),
-                                          name="zoa_inference", daemon=True),
-                         threading.Thread(target=self._adaptation_loop, name="zoa_adaptation",
-                                          daemon=True)]
+                                          name="zoa_inference", daemon=True)]
         self._threads[0].start()
         ready.wait(10.0)
         use_compute_threads(1)   # threads that compute from now on default to one CPU
-        self._threads[1].start()
+        if self._engine is not None:
+            self._adapter.start(self._engine)
         self._inputs.start()
         self._streaming = True
 
@@ -516,14 +490,11 @@ class ZoaNode(LifecycleNode):
             self._inputs = None
         self._stop.set()
         self._slots.close()
-        self._adapt_wake.set()
-        if self._engine is not None:   # no waiting for a step: it is abandoned and undone
-            self._engine.abort_adaptation()
-        _normal_priority(self._adapt_tid)   # at idle priority a busy CPU may never run it
+        if not self._adapter.stop():   # a running step is abandoned and undone
+            self.get_logger().error("an adaptation step did not end within 60 s")
         for thread in self._threads:
             thread.join(timeout=60)
         self._threads = []
-        self._adapt_tid = None
         if self._inference_cpus and self._process_cpus:
             pin_threads(self._process_cpus)   # every thread back on the process's CPUs
         self._active_since = None
@@ -635,37 +606,16 @@ class ZoaNode(LifecycleNode):
             try:
                 engine.settle()   # the frame's statistics, now that its result is out
             finally:
-                self._adapt_wake.set()
+                self._adapter.wake()
 
-    def _adaptation_loop(self) -> None:
-        engine = self._engine
-        log = self.get_logger()
-        use_compute_threads(self.p("adaptation.threads"))
-        self._adapt_tid = threading.get_native_id()
-        _lower_priority(self.p("adaptation.idle_priority"), self.p("adaptation.thread_nice"),
-                        log)
-        while not self._stop.is_set():
-            self._adapt_wake.wait(0.25)
-            self._adapt_wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                with self._control_lock:
-                    report = engine.maybe_adapt()
-            except Exception as e:
-                self._adapt_errors += 1
-                log.error(f"adaptation step failed: {e!r}", throttle_duration_sec=5.0)
-                self._stop.wait(1.0)
-                continue
-            if report is not None and report.rolled_back:
-                log.warning(f"adaptation step undone: {getattr(report.info, 'reason', '')}",
-                            throttle_duration_sec=5.0)
-            elif report is not None:
-                log.debug(f"adaptation step {report.step}: {report.frames} frames, "
-                          f"{report.ms:.0f} ms")
-                if report.domain_changed:
-                    log.info(f"domain change: now domain {report.domain_id}, "
-                             f"{report.bank_entries} bank entries")
+    def run_adaptation(self, until: threading.Event) -> None:
+        """Adaptation steps on the calling thread until ``until`` is set; ``main()`` gives it
+        the main thread (:mod:`.adaptation_worker` says why). Call :meth:`interrupt_adaptation`
+        after setting ``until``."""
+        self._adapter.run(until)
+
+    def interrupt_adaptation(self) -> None:
+        self._adapter.interrupt()
 
     # ---- knowledge bank -----------------------------------------------------------------
     def _save_bank(self) -> tuple[bool, str]:
@@ -813,7 +763,7 @@ class ZoaNode(LifecycleNode):
                         active_since=self._active_since, cameras=cameras,
                         latency_p50_ms=p50, latency_p99_ms=p99,
                         inference_errors=self._inference_errors,
-                        adaptation_errors=self._adapt_errors,
+                        adaptation_errors=self._adapter.errors,
                         autosave_blocked=self._autosave_blocked, threads=self._thread_states())
         if engine is not None:
             stats = engine.stats()
@@ -843,6 +793,7 @@ class ZoaNode(LifecycleNode):
         if not self._streaming:
             return {}
         states = {t.name.removeprefix("zoa_"): t.is_alive() for t in self._threads}
+        states["adaptation"] = self._adapter.running
         inputs = self._inputs
         if inputs is not None:
             states["camera_inputs"] = inputs.alive()
@@ -885,6 +836,7 @@ def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
         return 0
     P.use_default_fastdds_profile()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    heap_per_thread()   # before DDS starts its threads: none may share the main thread's heap
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -895,25 +847,58 @@ def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
         print(f"zoa_node: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    wakeup = _signal_wakeup()
+    if stop.is_set():   # a signal during start-up
+        wakeup[1].send(b"\0")
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     spinner = threading.Thread(target=spin, args=(executor, node), name="zoa_executor",
                                daemon=True)
     spinner.start()
-    code = 0
+    code: list[int] = []
+    supervisor = threading.Thread(target=_supervise, name="zoa_main",
+                                  args=(node, executor, spinner, stop, wakeup[0], code))
+    supervisor.start()
+    node.run_adaptation(stop)   # on the main thread: see zoa_ros/ros/adaptation_worker.py
+    supervisor.join()
+    signal.set_wakeup_fd(-1)
+    for end in wakeup:
+        end.close()
+    return code[0] if code else 0
+
+
+def _supervise(node: ZoaNode, executor: MultiThreadedExecutor, spinner: threading.Thread,
+               stop: threading.Event, wakeup: socket.socket, code: list[int]) -> None:
+    """The process's life at normal priority, beside the main thread's adaptation: autostart,
+    then wait for a signal (through ``wakeup``: the main thread, which runs Python's signal
+    handlers, may wait long for a CPU at idle priority), a lifecycle shutdown or a lost
+    executor; then end the adaptation and shut the node down (autosave included)."""
     if node.p("autostart") and not node.start():
         node.get_logger().error(f"autostart failed: {node._error or 'see the log above'}")
-        code = 1
+        code.append(1)
         stop.set()
-    while not stop.wait(0.2):
-        if node.state_label == "finalized" or not spinner.is_alive():
-            break
+    while not stop.is_set():
+        if select.select([wakeup], [], [], 0.2)[0]:
+            wakeup.recv(64)
+            stop.set()
+        elif node.state_label == "finalized" or not spinner.is_alive():
+            stop.set()
+    node.interrupt_adaptation()
     node.finish()
     executor.shutdown(timeout_sec=5)
     node.destroy_node()
     rclpy.try_shutdown()
     spinner.join(timeout=5)
-    return code
+
+
+def _signal_wakeup() -> tuple[socket.socket, socket.socket]:
+    """A socket pair whose first end receives a byte the moment SIGINT or SIGTERM arrives (the C
+    signal handler writes it, whichever thread the signal interrupts and whether or not the main
+    thread runs)."""
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    return reader, writer
 
 
 if __name__ == "__main__":

@@ -55,9 +55,11 @@ from collections.abc import Callable
 M_TRIM_THRESHOLD = -1          # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20      # the largest glibc accepts on 64-bit systems
 MMAP_MAX = 0                   # blocks above it come from the heap too
 TRIM_THRESHOLD = -1            # glibc reads it as the largest size: never trim
+HEAPS = 256                    # more than a node has threads
 
 _lock = threading.Lock()
 _applied = False
@@ -88,6 +90,15 @@ def _mallopt() -> Callable[[int, int], int] | None:
         return None
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt
+
+
+def heap_per_thread(heaps: int = HEAPS) -> bool:
+    """Let up to ``heaps`` threads have a heap of their own (glibc ``M_ARENA_MAX``); ``False``
+    where there is no glibc ``mallopt``. Call it before the process starts its threads: glibc
+    fixes its limit when the ninth heap is made (by default 8 per CPU), and once it is reached
+    a new thread shares a heap with others, the first such thread the main thread's."""
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(M_ARENA_MAX, heaps) == 1
 
 
 def keeps_freed_memory() -> bool:
