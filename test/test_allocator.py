@@ -2,7 +2,7 @@
 worker thread, and a batch whose activations exceed glibc's largest mmap threshold on the main
 thread, stop page-faulting their activations in again (counted by the kernel, in a fresh process
 each, as the setting is process-wide and one-way). Run as a script it measures what they leave:
-an adaptation batch on a worker thread, against one heap for all threads."""
+an adaptation batch on a worker thread, against the main thread (where ``zoa_node`` adapts)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,14 @@ import pytest
 from zoa_ros.core.runtime.allocator import keep_freed_memory, keeps_freed_memory
 
 # A real timm CNN classifies, on a worker thread, one frame at a time (as the node's inference
-# thread does) or, on the main thread, a batch of 16 (as an adaptation step does in the
-# evaluator; its first layers' activations are 40-80 MB, above the 32 MiB mmap threshold);
-# the kernel counts the process's minor page faults per forward pass.
+# thread does) or a batch (a 16-frame batch's first layers' activations are 40-80 MB, above the
+# 32 MiB mmap threshold), on the main thread (as zoa_node and the evaluator adapt) or, with
+# "thread", on a worker thread; the kernel counts the process's minor page faults per pass.
 FAULTS = textwrap.dedent("""
     import json, resource, sys, threading, time
     import timm, torch
-    from zoa_ros.core.runtime.allocator import _mallopt, keep_freed_memory
-    if sys.argv[1] == "one_heap":   # glibc M_ARENA_MAX (-8) 1, to compare (allocator.py)
-        _mallopt()(-8, 1)
-    applied = keep_freed_memory() if sys.argv[1] in ("keep", "one_heap") else False
+    from zoa_ros.core.runtime.allocator import keep_freed_memory
+    applied = keep_freed_memory() if sys.argv[1] == "keep" else False
     batch = int(sys.argv[2])
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     frames = torch.randn(batch, 3, 224, 224)
@@ -69,6 +67,17 @@ def test_the_settings_stop_the_page_faults_of_each_forward_pass(batch: int, leas
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt (Linux)")
+def test_a_batch_too_large_for_a_thread_heap_stays_in_the_main_heap() -> None:
+    """Why zoa_node adapts on its main thread (ros/adaptation_worker.py): a 32-frame batch's
+    largest activations exceed the 64 MiB a thread's heap holds, so on a worker thread glibc
+    maps them anew at every pass; on the main thread they stay in the heap."""
+    worker = _faults_per_pass("keep", 32, "thread")
+    main = _faults_per_pass("keep", 32, "main")
+    assert worker["faults"] > 10_000, worker
+    assert main["faults"] <= worker["faults"] / 10, (worker, main)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt (Linux)")
 def test_setting_is_reported_and_idempotent() -> None:
     assert keep_freed_memory() is True
     assert keeps_freed_memory() is True
@@ -99,9 +108,10 @@ def test_engine_applies_it_unless_configured_off(make_pack) -> None:
 
 if __name__ == "__main__":
     # The measurement behind core/runtime/allocator.py's numbers: page faults and seconds per
-    # forward pass of an adaptation batch on a worker thread, thread heaps against one heap.
+    # forward pass of an adaptation batch, on a worker thread (its own heap) and on the main
+    # thread (glibc's main heap), the node's malloc settings in both.
     for batch in (32, 64):
-        for mode in ("keep", "one_heap"):
-            row = _faults_per_pass(mode, batch, "thread")
-            print(f"batch {batch:2d} on a worker thread, {mode:8s}: {row['faults']:10,.0f} "
-                  f"faults, {row['seconds']:.2f} s per pass")
+        for where, name in (("thread", "a worker thread"), ("main", "the main thread")):
+            row = _faults_per_pass("keep", batch, where)
+            print(f"batch {batch:2d} on {name:15s}: {row['faults']:10,.0f} faults, "
+                  f"{row['seconds']:.2f} s per pass")

@@ -5,7 +5,7 @@ main heap, which holds blocks of any size. Every thread started later gets a hea
 which cannot hold a block above 64 MiB, so glibc maps such blocks anew at every forward pass.
 A 32-frame adaptation batch of EfficientNet-Lite0 has several, and an adaptation thread
 page-faulted them in at every pass: 1.8-4.5 million faults in each minute it adapted
-(:mod:`zoa_ros.core.runtime.allocator`, docs/lab/robustness.md §9.5).
+(:mod:`zoa_ros.core.runtime.allocator`, docs/lab/robustness.md §9.4).
 
 While the node streams, the worker's thread runs at idle priority (``adaptation.idle_priority``:
 SCHED_IDLE, else nice + ``adaptation.thread_nice``), so a step takes a CPU only when

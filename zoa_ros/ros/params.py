@@ -155,15 +155,15 @@ SPECS: tuple[Spec, ...] = (
     Spec("adaptation.threads", 1, "CPU compute threads of an adaptation step (0: all CPUs; "
          "more than 1 slows classification: see zoa_ros.core.runtime.threads)", read_only=True,
          low=0, high=256),
-    Spec("adaptation.idle_priority", True, "run the adaptation thread under Linux's SCHED_IDLE "
-         "policy: it gets a CPU only when classification leaves one idle (false: "
+    Spec("adaptation.idle_priority", True, "run adaptation (the node's main thread) under Linux's "
+         "SCHED_IDLE policy: it gets a CPU only when classification leaves one idle (false: "
          "adaptation.thread_nice)", read_only=True),
     Spec("adaptation.max_pause_ms", 100.0, "longest an adaptation step waits, before each "
          "normalisation layer, for a frame being classified (classification first: a step "
          "running beside a prediction slows it down; 0: never waits)",
          read_only=True, low=0.0, high=10000.0),
     Spec("adaptation.thread_nice", 10, "with idle_priority false: nice increment of the "
-         "adaptation thread and the compute threads it starts (0: same priority as "
+         "adapting thread and the compute threads it starts (0: same priority as "
          "classification)", read_only=True,
          low=0, high=19),
     Spec("adaptation.lr", 0.0, "learning rate of eps (0: preset)", low=0.0, high=1.0),

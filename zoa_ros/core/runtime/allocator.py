@@ -31,18 +31,17 @@ of the box (jemalloc, tcmalloc) must be preloaded with ``LD_PRELOAD`` before the
 starts, which a ROS node launched by others cannot rely on; ``mallopt`` is three calls at run
 time. It is process-wide and cannot be undone.
 
-One heap for all threads (glibc ``M_ARENA_MAX`` 1) is not used. A thread's own heap cannot hold
-a block above 64 MiB, and glibc maps those whatever the settings: ``zoa_node``'s adaptation
-thread, on batches of 32 frames, page-faults its largest activations in at every forward pass
-(a soak counted 1.8-4.5 million faults in every minute of adaptation; ``python
-test/test_allocator.py`` measures faults and time per pass on a worker thread against one
-heap). On one heap they stay, but every thread then takes that heap's lock for its large
-blocks, and the adaptation thread runs under SCHED_IDLE: with the CPUs saturated by other work
-it gets no CPU at all, and while it holds the lock every thread of the node waits for it. Tried
-in ``zoa_node`` (docs/lab/robustness.md §9.4): in a test run beside three other CPU-bound jobs
-two node tests failed, a service unanswered for 20 s and no frame classified for 30 s, as that
-mechanism predicts; it was taken out again rather than isolated further. Adapting on the main
-thread (whose heap holds any block) is the way to stop the faults without a shared lock.
+A thread's own heap cannot hold a block above 64 MiB, and glibc maps those whatever the
+settings: an adaptation thread, on batches of 32 frames, page-faulted its largest activations in
+at every forward pass (a soak counted 1.8-4.5 million faults in every minute of adaptation;
+``python test/test_allocator.py`` measures faults and time per pass on a worker thread against
+the main thread). So ``zoa_node`` adapts on its main thread, whose heap holds any block
+(:mod:`zoa_ros.ros.adaptation_worker`), and gives every other thread a heap of its own
+(:func:`heap_per_thread`): once glibc's limit of heaps is reached (8 per CPU) a new thread shares
+one, the first such thread the main thread's, and would wait for that heap's lock while the
+adapting main thread, at idle priority, holds it without a CPU. One heap for all threads (glibc
+``M_ARENA_MAX`` 1) stops the faults too, but puts every thread behind that lock; it was tried in
+``zoa_node`` and taken out again (docs/lab/robustness.md §9.4).
 """
 
 from __future__ import annotations
