@@ -7,6 +7,7 @@ an adaptation batch on a worker thread, against the main thread (where ``zoa_nod
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -75,6 +76,41 @@ def test_a_batch_too_large_for_a_thread_heap_stays_in_the_main_heap() -> None:
     main = _faults_per_pass("keep", 32, "main")
     assert worker["faults"] > 10_000, worker
     assert main["faults"] <= worker["faults"] / 10, (worker, main)
+
+
+HEAPS = textwrap.dedent("""
+    import ctypes, sys, threading
+    from zoa_ros.core.runtime.allocator import heap_per_thread
+    if sys.argv[1] == "on":
+        assert heap_per_thread()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    go = threading.Event()
+    def work():
+        libc.malloc(1000)
+        go.wait()
+    threads = [threading.Thread(target=work) for _ in range(40)]
+    for t in threads:
+        t.start()
+    libc.malloc_stats()   # one "Arena N:" block per heap, on stderr
+    go.set()
+    for t in threads:
+        t.join()
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt (Linux)")
+def test_heap_per_thread_gives_every_thread_a_heap_of_its_own() -> None:
+    """40 threads that allocate get 40 heaps besides the main one; glibc's default limit is 8
+    per CPU, so on a machine with fewer than 5 CPUs some share without the setting."""
+    def heaps(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", HEAPS, mode], capture_output=True,
+                              text=True, timeout=60, check=True)
+        return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+    assert heaps("on") == 41
+    cpus = {len(os.sched_getaffinity(0)), os.cpu_count() or 1}   # glibc counts one of them
+    assert heaps("off") in {min(41, 8 * n) for n in cpus}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt (Linux)")
