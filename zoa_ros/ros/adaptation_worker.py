@@ -87,9 +87,7 @@ class AdaptationWorker:
         engine, self._engine = self._engine, None
         if engine is None:
             return True
-        engine.abort_adaptation()
-        normal_priority(self._tid)   # at idle priority a busy CPU may never run it
-        self._wake.set()
+        self._abandon(engine)
         if not self._lock.acquire(timeout=timeout):
             return False
         self._lock.release()
@@ -118,7 +116,11 @@ class AdaptationWorker:
 
     def interrupt(self) -> None:
         """From another thread, once ``until`` is set: end :meth:`run` promptly."""
-        engine = self._engine
+        self._abandon(self._engine)
+
+    def _abandon(self, engine: Any) -> None:
+        """End a running step at its next layer (it is undone) and wake the thread, at normal
+        priority where permitted: at idle priority a busy CPU may never run it."""
         if engine is not None:
             engine.abort_adaptation()
         normal_priority(self._tid)

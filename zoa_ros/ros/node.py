@@ -848,8 +848,6 @@ def main(argv: list[str] | None = None, prog: str = "zoa_node") -> int:
         rclpy.try_shutdown()
         return 2
     wakeup = _signal_wakeup()
-    if stop.is_set():   # a signal during start-up
-        wakeup[1].send(b"\0")
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     spinner = threading.Thread(target=spin, args=(executor, node), name="zoa_executor",
