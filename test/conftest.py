@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,18 @@ def zoa_ros_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("zoa_ros_cache")
     os.environ["ZOA_ROS_CACHE"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_memory_cleanup() -> Iterator[None]:
+    """After the session, Fast DDS's own ``fastdds shm clean``: the nodes the tests kill leave
+    their shared-memory segments in /dev/shm (17 MB each, in RAM), which nothing else removes.
+    It removes only segments that no live process holds."""
+    yield
+    tool = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"
+    if tool.is_file():
+        subprocess.run([sys.executable, str(tool), "shm", "clean"], capture_output=True,
+                       timeout=120, check=False)
 
 
 @pytest.fixture(scope="session")

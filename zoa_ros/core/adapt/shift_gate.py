@@ -31,6 +31,13 @@ States and events:
 * ``source`` - the source model classifies; either opening test firing -> ``adapt``
   (``opened``; ``resumed`` when the window is no further from the last adapted one than the
   change test allows: the gate closed for a moment inside one domain);
+* ``adapt`` opened by the stem test, the newest ``fast_window`` frames looking like a typical
+  clean view (their divergence below the ``close_quantile`` of clean windows of that size;
+  ``fast_source``) - the source model classifies, no step runs and no frame is folded, until a
+  test finds them shifted again: the gate stays open (its windows, history and trust go on), but
+  a shift too mild to tell a few frames from clean ones is not worth normalising them with test
+  statistics over a few related views, and the first frames of clean input after a shift get
+  the source model at once instead of after a closing window;
 * ``adapt`` opened by the stem test - the last ``close_window`` frames looking like a typical
   clean window (their divergence below the ``close_quantile`` of the clean windows of that
   size: a shorter window, so the source model is back soon after a shift ends) -> ``source``
@@ -86,6 +93,8 @@ class GateConfig:
     close_quantile: float = 0.9  # closes below this quantile of clean windows' divergence
     change_test: bool = True    # notice a new shifted domain while adapting
     fast_window: int = 8        # frames of the fast change test (a strong change, seen early)
+    fast_source: bool = True    # the source model classifies while the newest fast_window
+    #                             frames look clean (the gate stays open)
 
     def validate(self) -> None:
         if self.window < 2 or self.hop < 1 or self.dwell < 1:
@@ -130,6 +139,8 @@ class ShiftGate:
         self.close_images = reference.window_images(config.close_window, config.dwell)
         self.close_threshold = reference.threshold(STEM, self.close_images,
                                                    1.0 - config.close_quantile)
+        self.source_threshold = reference.threshold(STEM, self.fast_images,
+                                                    1.0 - config.close_quantile)
         self._mean = reference.stem_mean.double()
         self._var = reference.stem_var.double()
         self._frames: deque[_Frame] = deque(maxlen=2 * config.window)
@@ -140,7 +151,8 @@ class ShiftGate:
         with self._lock:
             self._frames.clear()
             self._since_test = 0
-            self._adapting = False
+            self._adapting = False              # open: adapting, or resting (below)
+            self._resting = False               # open, the newest frames look clean
             self._reason: str | None = None     # STEM or ENTROPY while adapting or probing
             self._probing = False
             self._since_probe = 0
@@ -148,13 +160,20 @@ class ShiftGate:
             self._adapted: Key | None = None    # the last adapted domain's key, when closed
             self._keys: deque[Key] = deque(maxlen=self.config.window // self.config.hop + 1)
             self.tests = self.openings = self.changes = self.frames_adapting = 0
+            self.frames_resting = 0
             self.last_divergence: float | None = None
             self.last_entropy: float | None = None
             self.last_change: float | None = None
 
     @property
     def adapting(self) -> bool:
-        """Whether the method should classify with its adapted state now."""
+        """Whether the method should classify with its adapted state (and adapt) now."""
+        return self._adapting and not self._resting
+
+    @property
+    def open(self) -> bool:
+        """Whether the input is taken as shifted (adapting, or resting on a few frames that
+        look clean): the method keeps its domain's history and trust going."""
         return self._adapting
 
     def key(self, frames: int | None = None, skip: int = 0) -> Key | None:
@@ -186,8 +205,10 @@ class ShiftGate:
         """One classified frame (its stem statistics and prediction entropy, classified in the
         current state); the event it caused, if any."""
         with self._lock:
-            self._frames.append(_Frame(stem, float(entropy), not self._adapting))
-            self.frames_adapting += self._adapting
+            adapting = self._adapting and not self._resting
+            self._frames.append(_Frame(stem, float(entropy), not adapting))
+            self.frames_adapting += adapting
+            self.frames_resting += self._resting
             self._since_test += 1
             self._since_event += 1
             if self._adapting and self._since_event == self.config.window:
@@ -196,6 +217,7 @@ class ShiftGate:
                 self._since_probe += 1
                 if self._since_probe >= self.config.probe_every:
                     self._adapting, self._probing, self._since_probe = False, True, 0
+                    self._resting = False
                     self._frames.clear()
                     self._since_test = 0
                     return PROBE
@@ -235,7 +257,7 @@ class ShiftGate:
         key = _key(current)
         resumed = self._probing or (self._adapted is not None and variance_divergence(
             self._adapted[1], key[1]) <= self.change_threshold)
-        self._adapting, self._probing = True, False
+        self._adapting, self._probing, self._resting = True, False, False
         self._reason = STEM if stem_fires else ENTROPY
         self._since_probe = self._since_event = 0
         if resumed:
@@ -249,12 +271,14 @@ class ShiftGate:
             self._reason = STEM          # now the stem sees it too: it says when it ends
         if self._reason == STEM and self._divergence(
                 current[-self.config.close_window:]) <= self.close_threshold:
-            self._adapting, self._reason = False, None
+            self._adapting, self._resting, self._reason = False, False, None
             self._keep_adapted_key()
             self._frames.clear()         # the next opening test sees none of the shift
             return CLOSED
         self._keys.append(_key(current))
         fast = self.config.fast_window
+        self._resting = self.config.fast_source and self._reason == STEM and \
+            self._divergence(current[-fast:]) <= self.source_threshold
         if not self.config.change_test or self._since_event < window + fast:
             return None
         # fast: the newest few frames against the window before them - a strong change
@@ -281,10 +305,12 @@ class ShiftGate:
         self._keys.clear()
 
     def summary(self) -> dict:
-        return {"adapting": self._adapting, "reason": self._reason, "tests": self.tests,
-                "openings": self.openings, "changes": self.changes,
-                "frames_adapting": self.frames_adapting, "window_images": self.window_images,
+        return {"adapting": self.adapting, "open": self._adapting, "reason": self._reason,
+                "tests": self.tests, "openings": self.openings, "changes": self.changes,
+                "frames_adapting": self.frames_adapting, "frames_resting": self.frames_resting,
+                "window_images": self.window_images,
                 "stem_threshold": self.stem_threshold, "close_threshold": self.close_threshold,
+                "source_threshold": self.source_threshold,
                 "change_threshold": self.change_threshold, "fast_threshold": self.fast_threshold,
                 "fast_stem_threshold": self.fast_stem_threshold,
                 "entropy_threshold": self.entropy_threshold,

@@ -155,6 +155,8 @@ class ZOAConfig(StatsConfig):
     gate_false_alarm: float = 0.01      # gate openings per test on clean class-ordered input
     gate_entropy: bool = True           # also open on the source model's prediction entropy
     gate_probe_every: int = 256         # re-test an entropy-opened gate after this many frames
+    gate_fast_source: bool = True       # the source model while the gate's newest few frames
+    #                                     look clean (the gate stays open)
     restart_from_source: bool = False   # a domain the memory does not know starts from source
     trust: str = "prior"                # running BN statistics: "prior" (a fixed stats_prior
     #                                     share of the source) or "stem" (grows with the gate's
@@ -175,7 +177,7 @@ class ZOAConfig(StatsConfig):
     def gate_config(self) -> GateConfig:
         return GateConfig(self.gate_window, self.gate_hop, self.gate_dwell,
                           self.gate_false_alarm, self.gate_entropy, self.gate_probe_every,
-                          self.gate_window // 2)
+                          self.gate_window // 2, fast_source=self.gate_fast_source)
 
     @classmethod
     def from_dict(cls, values: dict) -> ZOAConfig:
@@ -494,7 +496,7 @@ class ZOA(AdaptMethod):
         gate = self.gate
         tests = gate.tests
         event = gate.observe(stem, float(entropy(logits).mean()))
-        if gate.tests != tests and gate.adapting:   # each test while adapting: the history
+        if gate.tests != tests and gate.open:   # each test while adapting: the history
             self._history.append((gate.key(), self.store.published.bn_stats))
             level, d = self._shift_level, gate.last_divergence
             self._shift_level = d if level is None else 0.75 * level + 0.25 * d
