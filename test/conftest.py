@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -41,14 +43,19 @@ def zoa_ros_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_memory_cleanup() -> Iterator[None]:
-    """After the session, Fast DDS's own ``fastdds shm clean``: the nodes the tests kill leave
-    their shared-memory segments in /dev/shm (17 MB each, in RAM), which nothing else removes.
-    It removes only segments that no live process holds."""
+    """After the session, Fast DDS's own ``fastdds shm clean`` (its ``Clean`` class: the CLI
+    around it also needs psutil): the nodes the tests kill leave their shared-memory segments
+    in /dev/shm (17 MB each, in RAM), which nothing else removes. It removes only segments and
+    ports that no live process holds."""
     yield
-    tool = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"
-    if tool.is_file():
-        subprocess.run([sys.executable, str(tool), "shm", "clean"], capture_output=True,
-                       timeout=120, check=False)
+    tool = Path(sys.prefix) / "tools" / "fastdds" / "shm" / "clean.py"
+    spec = importlib.util.spec_from_file_location("fastdds_shm_clean", tool)
+    if spec is None or spec.loader is None or not tool.is_file():
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with contextlib.redirect_stdout(io.StringIO()):
+        module.Clean().run(force=False)
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,27 @@ for the step to end. Linux lets only a privileged process leave SCHED_IDLE or lo
 value, so an unprivileged node's main thread stays at idle priority once it has adapted;
 ``main()`` therefore does everything else (autostart, signals, shutdown, autosave) on a thread
 of normal priority.
+
+A reset, bank load or save (:meth:`AdaptationWorker.control`) does not wait for a running step
+either: the step is abandoned at its next layer. On CPUs saturated by other work an
+idle-priority step may not reach that layer for minutes; the control then gives up after its
+timeout with :class:`ControlBusy`, and the caller says so instead of hanging.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+GRACE_S = 0.5   # how long a control waits for a step to abort before raising its priority
+
+
+class ControlBusy(TimeoutError):
+    """A running adaptation step did not let go of the model in time (:meth:`control`)."""
 
 
 def lower_priority(idle: bool, increment: int, log: Any) -> None:
@@ -67,6 +80,7 @@ class AdaptationWorker:
         self._engine: Any = None    # set between start() and stop()
         self._session = 0           # start()s so far: the thread sets itself up once per session
         self._tid: int | None = None
+        self._relower = False       # a control raised the thread's priority: lower it again
         self.running = False        # run() is looping (a thread state in /diagnostics)
         self.errors = 0
 
@@ -114,6 +128,36 @@ class AdaptationWorker:
         finally:
             self.running = False
 
+    @contextmanager
+    def control(self, timeout: float) -> Iterator[None]:
+        """Hold the control lock (a reset, bank load or save): a running step is abandoned at
+        its next layer and undone rather than waited for. If it has not let go after
+        :data:`GRACE_S`, its thread gets normal priority where that is permitted (it goes back
+        to idle at its next step). :class:`ControlBusy` after ``timeout`` seconds: an
+        idle-priority step on CPUs saturated by other work may get no CPU for minutes."""
+        engine = self._engine
+        if engine is not None:
+            engine.abort_adaptation()
+        start = time.monotonic()
+        try:
+            held = self._lock.acquire(timeout=min(timeout, GRACE_S))
+            if not held:
+                if self._tid is not None:
+                    self._relower = True
+                    normal_priority(self._tid)
+                held = self._lock.acquire(timeout=max(0.0, timeout - (time.monotonic() - start)))
+        finally:
+            if engine is not None and self._engine is engine:
+                engine.abort_adaptation(False)   # later steps run again (stop() keeps it on)
+        if not held:
+            raise ControlBusy(f"an adaptation step held the model for {timeout:g} s after it was "
+                              "asked to stop: at idle priority it gets no CPU while other work "
+                              "saturates the CPUs")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def interrupt(self) -> None:
         """From another thread, once ``until`` is set: end :meth:`run` promptly."""
         self._abandon(self._engine)
@@ -137,7 +181,11 @@ class AdaptationWorker:
 
                 use_compute_threads(threads)
                 lower_priority(idle, nice, self._log)
-                session = self._session
+                session, self._relower = self._session, False
+            elif self._relower:              # a control took it out of SCHED_IDLE
+                self._relower = False
+                if self._settings()[1]:
+                    lower_priority(True, 0, self._log)
             report = engine.maybe_adapt()
         log = self._log
         if report is not None and report.rolled_back:

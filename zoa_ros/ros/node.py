@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ from zoa_ros.core.runtime.cpus import (  # noqa: E402
     reserve_cpus,
 )
 from zoa_ros.ros import conversions  # noqa: E402
-from zoa_ros.ros.adaptation_worker import AdaptationWorker  # noqa: E402
+from zoa_ros.ros.adaptation_worker import AdaptationWorker, ControlBusy  # noqa: E402
 from zoa_ros.ros.camera_inputs import CameraInputs  # noqa: E402
 from zoa_ros.ros.conversions import MalformedMessage  # noqa: E402
 from zoa_ros.ros.diagnostics import (  # noqa: E402
@@ -617,6 +618,11 @@ class ZoaNode(LifecycleNode):
     def interrupt_adaptation(self) -> None:
         self._adapter.interrupt()
 
+    def _control(self) -> AbstractContextManager[None]:
+        """The control lock for a reset, bank load or save, a running step abandoned rather
+        than waited for; :class:`ControlBusy` after ``adaptation.control_wait_s``."""
+        return self._adapter.control(self.p("adaptation.control_wait_s"))
+
     # ---- knowledge bank -----------------------------------------------------------------
     def _save_bank(self) -> tuple[bool, str]:
         """Save through the engine: atomic, never over a file that is not a bank, never a
@@ -628,8 +634,10 @@ class ZoaNode(LifecycleNode):
         if path is None:
             return False, f"not saved: {why}"
         try:
-            with self._control_lock:
+            with self._control():
                 engine.save_bank(path, provenance={"writer": self.get_fully_qualified_name()})
+        except ControlBusy as e:
+            return False, f"not saved: {e}; any previous file is unchanged, try again"
         except (ValueError, OSError) as e:
             return False, (f"save to {path} failed: {e}; any previous file is unchanged and "
                            "the running bank is kept")
@@ -646,8 +654,10 @@ class ZoaNode(LifecycleNode):
         if not path.is_file():
             return False, f"no bank file at {path}; the running bank is unchanged"
         try:
-            with self._control_lock:
+            with self._control():
                 engine.load_bank(path)
+        except ControlBusy as e:
+            return False, f"not loaded: {e}; the running bank is unchanged, try again"
         except (ValueError, OSError) as e:
             return False, f"refused {path}: {e}; the running bank is unchanged"
         self._autosave_blocked = ""
@@ -682,8 +692,11 @@ class ZoaNode(LifecycleNode):
             return response
         keep = self.p("reset.keep_bank")
         try:
-            with self._control_lock:
+            with self._control():
                 kept = reset_to_source(engine, keep)
+        except ControlBusy as e:
+            response.success, response.message = False, f"not reset: {e}; try again"
+            return response
         except (ValueError, RuntimeError) as e:
             response.success, response.message = False, f"reset failed: {e}"
             return response

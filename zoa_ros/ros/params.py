@@ -162,6 +162,11 @@ SPECS: tuple[Spec, ...] = (
          "normalisation layer, for a frame being classified (classification first: a step "
          "running beside a prediction slows it down; 0: never waits)",
          read_only=True, low=0.0, high=10000.0),
+    Spec("adaptation.control_wait_s", 5.0, "longest ~/reset, ~/load_knowledge and "
+         "~/save_knowledge (and autosave) wait for a running adaptation step to let go of the "
+         "model once asked to stop at its next layer; then they fail, saying so (at idle "
+         "priority, on CPUs saturated by other work, a step may get no CPU for minutes)",
+         low=0.1, high=3600.0),
     Spec("adaptation.thread_nice", 10, "with idle_priority false: nice increment of the "
          "adapting thread and the compute threads it starts (0: same priority as "
          "classification)", read_only=True,
