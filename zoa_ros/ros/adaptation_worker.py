@@ -150,9 +150,9 @@ class AdaptationWorker:
             if engine is not None and self._engine is engine:
                 engine.abort_adaptation(False)   # later steps run again (stop() keeps it on)
         if not held:
-            raise ControlBusy(f"an adaptation step held the model for {timeout:g} s after it was "
-                              "asked to stop: at idle priority it gets no CPU while other work "
-                              "saturates the CPUs")
+            raise ControlBusy(f"an adaptation step still held the model {timeout:g} s after it "
+                              "was asked to stop (most likely: at idle priority it gets no CPU "
+                              "while other work saturates the CPUs)")
         try:
             yield
         finally:

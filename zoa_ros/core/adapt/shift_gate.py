@@ -36,8 +36,8 @@ States and events:
   ``fast_source``) - the source model classifies, no step runs and no frame is folded, until a
   test finds them shifted again: the gate stays open (its windows, history and trust go on), but
   a shift too mild to tell a few frames from clean ones is not worth normalising them with test
-  statistics over a few related views, and the first frames of clean input after a shift get
-  the source model at once instead of after a closing window;
+  statistics over a few related views, and clean input after a shift gets the source model
+  after ``fast_window`` frames instead of a closing window;
 * ``adapt`` opened by the stem test - the last ``close_window`` frames looking like a typical
   clean window (their divergence below the ``close_quantile`` of the clean windows of that
   size: a shorter window, so the source model is back soon after a shift ends) -> ``source``
