@@ -141,7 +141,6 @@ class ZoaNode(LifecycleNode):
         log = self.get_logger()
         self._engine: Any = None
         self._initial_method_cfg: Any = None
-        self._control_lock = threading.Lock()   # adaptation step / reset / bank load / save
         self._error = ""
         self._autosave_blocked = ""
         self._state = "unconfigured"
@@ -163,7 +162,8 @@ class ZoaNode(LifecycleNode):
         self._inference_cpus = parse_cpus(self.p("inference.cpus"))
         self._process_cpus: frozenset[int] = frozenset()
         self._stop = threading.Event()
-        self._adapter = AdaptationWorker(self._control_lock, log, lambda: (
+        # its lock: an adaptation step, a reset, a bank load or save never overlap
+        self._adapter = AdaptationWorker(threading.Lock(), log, lambda: (
             self.p("adaptation.threads"), self.p("adaptation.idle_priority"),
             self.p("adaptation.thread_nice")))
         self._tracker = DiagnosticsTracker(self.get_fully_qualified_name())

@@ -205,7 +205,7 @@ class ShiftGate:
         """One classified frame (its stem statistics and prediction entropy, classified in the
         current state); the event it caused, if any."""
         with self._lock:
-            adapting = self._adapting and not self._resting
+            adapting = self.adapting
             self._frames.append(_Frame(stem, float(entropy), not adapting))
             self.frames_adapting += adapting
             self.frames_resting += self._resting
