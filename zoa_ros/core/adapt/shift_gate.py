@@ -38,6 +38,11 @@ States and events:
   a shift too mild to tell a few frames from clean ones is not worth normalising them with test
   statistics over a few related views, and clean input after a shift gets the source model
   after ``fast_window`` frames instead of a closing window;
+* ``adapt``, one frame about to be classified nearer the clean reference than the newest
+  ``fast_window`` frames, or those frames looking clean (:meth:`ShiftGate.nearer_source`, asked
+  by the method right after the frame's stem; ``frame_source``) - the source model classifies
+  that frame and it is not folded: clean input after a shift gets the source model from its
+  first frame;
 * ``adapt`` opened by the stem test - the last ``close_window`` frames looking like a typical
   clean window (their divergence below the ``close_quantile`` of the clean windows of that
   size: a shorter window, so the source model is back soon after a shift ends) -> ``source``
@@ -95,6 +100,7 @@ class GateConfig:
     fast_window: int = 8        # frames of the fast change test (a strong change, seen early)
     fast_source: bool = True    # the source model classifies while the newest fast_window
     #                             frames look clean (the gate stays open)
+    frame_source: bool = True   # ... and a frame nearer the clean reference than those frames
 
     def validate(self) -> None:
         if self.window < 2 or self.hop < 1 or self.dwell < 1:
@@ -201,14 +207,33 @@ class ShiftGate:
                 return None
         return _key(recent)
 
-    def observe(self, stem: EarlyStats, entropy: float) -> str | None:
-        """One classified frame (its stem statistics and prediction entropy, classified in the
-        current state); the event it caused, if any."""
+    def nearer_source(self, stem: EarlyStats) -> bool:
+        """Whether a frame (or batch) about to be classified while adapting is nearer the clean
+        reference than the newest ``fast_window`` frames (its stem divergence from the clean
+        statistics at most that from theirs): a frame of clean input, or one the shift left
+        alone, that the source model should classify (``frame_source``). The newest few frames,
+        not the window: after a change of shifted domain they hold the new one within a few
+        frames."""
         with self._lock:
-            adapting = self.adapting
+            if not (self.config.frame_source and self.adapting) or len(self._frames) < 2:
+                return False
+            window = _pooled(self._recent(min(self.config.fast_window, len(self._frames))))
+            if self._may_rest() and jeffreys(self._mean, self._var, window.mean.double(),
+                                             window.var.double()) <= self.source_threshold:
+                return True   # they look clean themselves: resting from the next test on
+        mean, var = stem.mean.double(), stem.var.double()
+        return jeffreys(self._mean, self._var, mean, var) <= jeffreys(
+            window.mean.double(), window.var.double(), mean, var)
+
+    def observe(self, stem: EarlyStats, entropy: float, rested: bool = False) -> str | None:
+        """One classified frame (its stem statistics and prediction entropy, classified in the
+        current state, or by the source model though adapting when ``rested``:
+        :meth:`nearer_source`); the event it caused, if any."""
+        with self._lock:
+            adapting = self.adapting and not rested
             self._frames.append(_Frame(stem, float(entropy), not adapting))
             self.frames_adapting += adapting
-            self.frames_resting += self._resting
+            self.frames_resting += self._adapting and not adapting
             self._since_test += 1
             self._since_event += 1
             if self._adapting and self._since_event == self.config.window:
@@ -231,9 +256,7 @@ class ShiftGate:
         return [f.stem for f in recent[len(recent) - frames - skip:len(recent) - skip]]
 
     def _divergence(self, frames: list[EarlyStats]) -> float:
-        pooled = frames[0]
-        for frame in frames[1:]:
-            pooled = pooled + frame
+        pooled = _pooled(frames)
         return jeffreys(self._mean, self._var, pooled.mean.double(), pooled.var.double())
 
     def _test(self) -> str | None:
@@ -277,7 +300,7 @@ class ShiftGate:
             return CLOSED
         self._keys.append(_key(current))
         fast = self.config.fast_window
-        self._resting = self.config.fast_source and self._reason == STEM and \
+        self._resting = self._may_rest() and \
             self._divergence(current[-fast:]) <= self.source_threshold
         if not self.config.change_test or self._since_event < window + fast:
             return None
@@ -295,6 +318,9 @@ class ShiftGate:
         self._since_event = 0
         self._keep_adapted_key()
         return CHANGED
+
+    def _may_rest(self) -> bool:
+        return self.config.fast_source and self._reason == STEM
 
     def _keep_adapted_key(self) -> None:
         """The domain that ended, as a window before its end (its last frames still in it):
@@ -316,6 +342,13 @@ class ShiftGate:
                 "entropy_threshold": self.entropy_threshold,
                 "last_divergence": self.last_divergence, "last_entropy": self.last_entropy,
                 "last_change": self.last_change}
+
+
+def _pooled(frames: list[EarlyStats]) -> EarlyStats:
+    pooled = frames[0]
+    for frame in frames[1:]:
+        pooled = pooled + frame
+    return pooled
 
 
 def _key(frames: list[EarlyStats]) -> Key:

@@ -157,6 +157,9 @@ class ZOAConfig(StatsConfig):
     gate_probe_every: int = 256         # re-test an entropy-opened gate after this many frames
     gate_fast_source: bool = True       # the source model while the gate's newest few frames
     #                                     look clean (the gate stays open)
+    gate_frame_source: bool = True      # the source model for a frame nearer the clean
+    #                                     reference than the gate's newest few frames (its
+    #                                     stem decides, in its own forward pass)
     restart_from_source: bool = False   # a domain the memory does not know starts from source
     trust: str = "prior"                # running BN statistics: "prior" (a fixed stats_prior
     #                                     share of the source) or "stem" (grows with the gate's
@@ -177,7 +180,8 @@ class ZOAConfig(StatsConfig):
     def gate_config(self) -> GateConfig:
         return GateConfig(self.gate_window, self.gate_hop, self.gate_dwell,
                           self.gate_false_alarm, self.gate_entropy, self.gate_probe_every,
-                          self.gate_window // 2, fast_source=self.gate_fast_source)
+                          self.gate_window // 2, fast_source=self.gate_fast_source,
+                          frame_source=self.gate_frame_source)
 
     @classmethod
     def from_dict(cls, values: dict) -> ZOAConfig:
@@ -385,28 +389,33 @@ class ZOA(AdaptMethod):
 
     def _forward(self, x: torch.Tensor, params: ParamSet, norm: str, early: bool = False,
                  collect_bn: bool = False, fold: bool = False, recall: bool = False,
-                 gate: bool = False) -> ForwardRecord:
+                 gate: bool = False, rest: bool = False) -> ForwardRecord:
         """One full forward pass of ``x`` with ``params`` pinned for this thread; ``fold``
         (``running`` normalisation) also folds these frames into the running BatchNorm
         estimate and ``gate`` hands them to the shift gate (both at the next settle);
-        ``recall`` lets the statistics memory swap that estimate after the stem."""
+        ``recall`` lets the statistics memory swap that estimate after the stem, ``rest`` the
+        gate hand the frames to the source model there (:meth:`_rest_if_nearer_source`)."""
         x = x.to(self.device)
         on_early = self._recall if recall and self.recall is not None else None
+        if rest:
+            on_early = self._rest_if_nearer_source
         with torch.no_grad(), self.store.using(params, norm, collect_bn, fold) as ctx:
             features, early_stats = self.extractor.run(x, early=early or gate,
                                                        on_early=on_early)
-            logits = self._shifted_logits(features, params)
+            logits = self._shifted_logits(features, ctx.params)
+        rested = rest and ctx.params is self._initial
         work = []
         if ctx.frame_sink:
             work.append(frames_fold(self.store, ctx.frame_sink, self.cfg.frame_momentum))
             if self._stem_trust:
                 work.append(lambda: self._folded_frames(x.shape[0]))
         if gate and self.gate is not None and early_stats is not None:
-            work.append(lambda: self._gate_observe(early_stats, logits))
+            work.append(lambda: self._gate_observe(early_stats, logits, rested))
         if work:
             self.store.defer(lambda: [step() for step in work])
         self._count(forward_passes=1)
-        return ForwardRecord(features, logits, early_stats, ctx.bn_sink, params.version, norm)
+        return ForwardRecord(features, logits, early_stats, ctx.bn_sink, ctx.params.version,
+                             ctx.norm)
 
     def _predict(self, x: torch.Tensor, observe: bool) -> ForwardRecord:
         """The prediction forward with the published set - or, while the shift gate says the
@@ -420,7 +429,8 @@ class ZOA(AdaptMethod):
             (self._initial, self._source_norm)
         rec = self._forward(x, params, norm, early=observe,
                             fold=observe and self._fold_frames and adapting,
-                            recall=observe and self.gate is None, gate=observe)
+                            recall=observe and self.gate is None, gate=observe,
+                            rest=observe and adapting and self.gate is not None)
         self._count(frames_predicted=x.shape[0])
         return rec
 
@@ -489,13 +499,22 @@ class ZOA(AdaptMethod):
         if self._stem_trust:
             self._refresh_norm()
 
-    def _gate_observe(self, stem: EarlyStats, logits: torch.Tensor) -> None:
+    def _rest_if_nearer_source(self, early: EarlyStats, frames: int) -> None:
+        """Stem hook of an adapting prediction: frames nearer the clean reference than the
+        gate's newest few frames (:meth:`ShiftGate.nearer_source`) go on as the source model's,
+        bit for bit as while the gate is closed, and are not folded."""
+        if self.gate.nearer_source(early):
+            ctx = self.store.context()
+            ctx.params, ctx.norm, ctx.frame_sink = self._initial, self._source_norm, None
+
+    def _gate_observe(self, stem: EarlyStats, logits: torch.Tensor,
+                      rested: bool = False) -> None:
         """Deferred work of an observed prediction: the gate's test, and what its events do
         to the statistics and the memory (METHOD.md §10): a new domain restarts from the source
         statistics or a remembered domain's; a domain that ends is remembered."""
         gate = self.gate
         tests = gate.tests
-        event = gate.observe(stem, float(entropy(logits).mean()))
+        event = gate.observe(stem, float(entropy(logits).mean()), rested)
         if gate.tests != tests and gate.open:   # each test while adapting: the history
             self._history.append((gate.key(), self.store.published.bn_stats))
             level, d = self._shift_level, gate.last_divergence
