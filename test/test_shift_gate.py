@@ -56,7 +56,7 @@ def _reference(frames: int = 256) -> ShiftReference:
 
 def test_reference_thresholds_are_quantiles_of_clean_windows() -> None:
     reference = _reference()
-    assert reference.window_sizes == [2, 4, 8, 16, 32]
+    assert reference.window_sizes == [1, 2, 4, 8, 16, 32]
     assert {kind for kind, _ in reference.nulls} == {STEM, ENTROPY, CHANGE}
     values = reference.nulls[(STEM, 8)]
     assert torch.equal(values, values.sort().values) and len(values) == 256
@@ -135,6 +135,21 @@ def test_a_frame_nearer_the_clean_reference_than_the_window_gets_the_source_mode
                                              frame_source=False))
     _run(off, clean[:32] + low[:20])
     assert off.adapting and not off.nearer_source(clean[33])
+
+
+def test_a_typical_clean_frame_is_told_from_a_shifted_one_by_the_one_photo_null() -> None:
+    reference = _reference()
+    gate = ShiftGate(reference)
+    assert gate.frame_threshold == reference.threshold(STEM, 1, 0.1)
+    clean = [_frame(1.0, 800 + i) for i in range(100)]
+    typical = sum(gate.looks_typical(f) for f in clean)
+    assert 75 <= typical <= 100                     # about the 90th percentile of clean frames
+    assert not any(gate.looks_typical(_frame(0.2, 900 + i, shift=0.5)) for i in range(20))
+    # a pack calibrated before the 1-photo null: no per-frame typicality at all
+    older = ShiftReference(reference.stem_mean, reference.stem_var,
+                           {k: v for k, v in reference.nulls.items() if k[1] > 1}, 256)
+    old_gate = ShiftGate(older)
+    assert old_gate.frame_threshold is None and not old_gate.looks_typical(clean[0])
 
 
 def test_the_fast_key_is_given_only_for_frames_that_look_shifted() -> None:
@@ -226,7 +241,7 @@ def test_a_shift_the_model_shrugs_off_keeps_the_source_model(lite0) -> None:
     assert bright["adapting"] < 10.0 and bright["agreement"] == 100.0
 
     result = _evaluate(lite0, "clean:32,brightness@5:160", gate_fast_source=False,
-                       gate_frame_source=False)
+                       gate_frame_source=False, gate_typical_source=False)
     zoa = result["methods"]["zoa"]
     bright = zoa["domains"][1]
     assert zoa["gate"]["openings"] >= 1 and bright["adapting"] > 0.0

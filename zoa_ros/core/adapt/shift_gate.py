@@ -147,6 +147,8 @@ class ShiftGate:
                                                    1.0 - config.close_quantile)
         self.source_threshold = reference.threshold(STEM, self.fast_images,
                                                     1.0 - config.close_quantile)
+        self.frame_threshold = reference.threshold(STEM, 1, 1.0 - config.close_quantile) \
+            if 1 in reference.window_sizes else None   # packs before the 1-photo null: none
         self._mean = reference.stem_mean.double()
         self._var = reference.stem_var.double()
         self._frames: deque[_Frame] = deque(maxlen=2 * config.window)
@@ -224,6 +226,16 @@ class ShiftGate:
         mean, var = stem.mean.double(), stem.var.double()
         return jeffreys(self._mean, self._var, mean, var) <= jeffreys(
             window.mean.double(), window.var.double(), mean, var)
+
+    def looks_typical(self, stem: EarlyStats) -> bool:
+        """Whether one frame's stem statistics are as close to the clean reference as a
+        typical clean photo's (below the ``close_quantile`` of single clean photos; never with
+        a pack that has no 1-photo null). A weak witness on its own - some shifts, noise among
+        them, leave most single frames that close - which the method combines with what it
+        knows of the domain."""
+        if self.frame_threshold is None:
+            return False
+        return self._divergence([stem]) <= self.frame_threshold
 
     def observe(self, stem: EarlyStats, entropy: float, rested: bool = False) -> str | None:
         """One classified frame (its stem statistics and prediction entropy, classified in the
@@ -337,6 +349,7 @@ class ShiftGate:
                 "window_images": self.window_images,
                 "stem_threshold": self.stem_threshold, "close_threshold": self.close_threshold,
                 "source_threshold": self.source_threshold,
+                "frame_threshold": self.frame_threshold,
                 "change_threshold": self.change_threshold, "fast_threshold": self.fast_threshold,
                 "fast_stem_threshold": self.fast_stem_threshold,
                 "entropy_threshold": self.entropy_threshold,

@@ -160,6 +160,9 @@ class ZOAConfig(StatsConfig):
     gate_frame_source: bool = True      # the source model for a frame nearer the clean
     #                                     reference than the gate's newest few frames (its
     #                                     stem decides, in its own forward pass)
+    gate_typical_source: bool = True    # ... and for a frame as close to clean as a typical
+    #                                     clean photo while the source model was measured as
+    #                                     confident on this domain as on clean input
     restart_from_source: bool = False   # a domain the memory does not know starts from source
     trust: str = "prior"                # running BN statistics: "prior" (a fixed stats_prior
     #                                     share of the source) or "stem" (grows with the gate's
@@ -319,6 +322,7 @@ class ZOA(AdaptMethod):
         deep = round(cfg.deep_from * len(self.bn_names))
         self._deep_from = deep if self._stem_trust and deep < len(self.bn_names) else None
         self.deep_trust = 0.0         # 0: deep layers keep the source statistics; 1: as shallow
+        self._deep_measured = False   # deep_trust measured by a step since the last event
         # early recall: looking a new domain up until it settles, and what it recalled
         self._seeking = False
         self._early: BnStats | None = None
@@ -482,6 +486,7 @@ class ZOA(AdaptMethod):
         rec = self._forward(x[picked], self._initial, self._source_norm)
         self.deep_trust = log_ramp(float(entropy(rec.logits).mean()),
                                    self.gate.entropy_threshold, self.cfg.deep_entropy_span)
+        self._deep_measured = True
 
     def _stem_share(self) -> float:
         """"stem" trust: the source share falls from 1 at the gate's opening threshold to
@@ -503,9 +508,17 @@ class ZOA(AdaptMethod):
         """Stem hook of an adapting prediction: frames nearer the clean reference than the
         gate's newest few frames (:meth:`ShiftGate.nearer_source`) go on as the source model's,
         bit for bit as while the gate is closed, and are not folded."""
-        if self.gate.nearer_source(early):
+        if self.gate.nearer_source(early) or (self._source_confident()
+                                               and self.gate.looks_typical(early)):
             ctx = self.store.context()
             ctx.params, ctx.norm, ctx.frame_sink = self._initial, self._source_norm, None
+
+    def _source_confident(self) -> bool:
+        """``gate_typical_source``: a step measured, since the domain began, that the source
+        model is as confident on it as on clean input (deep trust 0, METHOD §10): a frame that
+        looks like a typical clean photo is then the source model's too. Before that first
+        measurement the domain may be one (noise) whose single frames look clean."""
+        return self.cfg.gate_typical_source and self._deep_measured and self.deep_trust == 0.0
 
     def _gate_observe(self, stem: EarlyStats, logits: torch.Tensor,
                       rested: bool = False) -> None:
@@ -532,6 +545,7 @@ class ZOA(AdaptMethod):
         if event == OPENED:   # from the source model: nothing ended; the deep layers keep the
             self.deep_trust, self._ended = 0.0, None   # source statistics until a step measures
         if event in (OPENED, CHANGED):
+            self._deep_measured = False
             self._shift_level = gate.last_divergence
             self._enter_domain()
             self._seeking = self.recall is not None and self.cfg.early_recall
@@ -831,6 +845,7 @@ class ZOA(AdaptMethod):
             if self.gate is not None:
                 self.gate.reset()
             self._since_norm, self.source_share, self.deep_trust = 0, 1.0, 0.0
+            self._deep_measured = False
             self._seeking, self._early, self._ended = False, None, None
             self.early_recalls = self.undone_recalls = 0
             self._history.clear()

@@ -35,8 +35,9 @@ from torch import nn
 
 from zoa_ros.core.model.features import EarlyStats, early_module
 
-WINDOW_IMAGES = (2, 4, 8, 16, 32)
-MIN_IMAGES = 4 * WINDOW_IMAGES[0]    # fewer calibration images: no reference (and no gate)
+# 1: how far single clean photos lie (the gate's per-frame rest; packs before it lack it)
+WINDOW_IMAGES = (1, 2, 4, 8, 16, 32)
+MIN_IMAGES = 8    # fewer calibration images: no reference (and no gate)
 STEM = "stem"
 ENTROPY = "entropy"
 CHANGE = "change"
