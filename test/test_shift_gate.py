@@ -250,8 +250,8 @@ def test_a_shift_the_model_shrugs_off_keeps_the_source_model(lite0) -> None:
 
 
 def test_clean_frames_after_a_strong_shift_get_the_source_model_from_the_first(lite0) -> None:
-    """Each clean frame after contrast@5 is nearer the clean reference than the gate's window
-    of contrast: the source model classifies it, before any window or test says the shift
+    """Each clean frame after contrast@5 is nearer the clean reference than the gate's newest
+    frames of contrast: the source model classifies it, before any window or test says the shift
     ended. Without that (``gate_frame_source`` off) the first ones are classified adapted."""
     schedule = "clean:32,contrast@5:96,clean:64"
     last = _evaluate(lite0, schedule)["methods"]["zoa"]["domains"][-1]

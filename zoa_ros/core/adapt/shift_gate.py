@@ -161,6 +161,9 @@ class ShiftGate:
             self._since_test = 0
             self._adapting = False              # open: adapting, or resting (below)
             self._resting = False               # open, the newest frames look clean
+            # while open: the newest fast_window frames pooled, and whether they look clean
+            # (kept by observe, off the classifying thread; read by nearer_source)
+            self._fast: tuple[torch.Tensor, torch.Tensor, bool] | None = None
             self._reason: str | None = None     # STEM or ENTROPY while adapting or probing
             self._probing = False
             self._since_probe = 0
@@ -209,23 +212,26 @@ class ShiftGate:
                 return None
         return _key(recent)
 
-    def nearer_source(self, stem: EarlyStats) -> bool:
-        """Whether a frame (or batch) about to be classified while adapting is nearer the clean
-        reference than the newest ``fast_window`` frames (its stem divergence from the clean
-        statistics at most that from theirs): a frame of clean input, or one the shift left
-        alone, that the source model should classify (``frame_source``). The newest few frames,
-        not the window: after a change of shifted domain they hold the new one within a few
-        frames."""
+    def nearer_source(self, stem: EarlyStats, typical: bool = False) -> bool:
+        """Whether a frame (or batch) about to be classified while adapting should go to the
+        source model: (``frame_source``) it is nearer the clean reference than the newest
+        ``fast_window`` frames (its stem divergence from the clean statistics at most that from
+        theirs), or those frames look clean themselves - clean input, or a frame the shift left
+        alone; the newest few frames, not the window: after a change of shifted domain they
+        hold the new one within a few frames. With ``typical`` (the method's call: the shift
+        does not confuse the source model) also a frame that :meth:`looks_typical`. On the
+        classifying thread: two divergences, the pooling is done by :meth:`observe`."""
         with self._lock:
-            if not (self.config.frame_source and self.adapting) or len(self._frames) < 2:
-                return False
-            window = _pooled(self._recent(min(self.config.fast_window, len(self._frames))))
-            if self._may_rest() and jeffreys(self._mean, self._var, window.mean.double(),
-                                             window.var.double()) <= self.source_threshold:
-                return True   # they look clean themselves: resting from the next test on
+            fast = self._fast if self.adapting else None
+        if fast is None:
+            return False
         mean, var = stem.mean.double(), stem.var.double()
-        return jeffreys(self._mean, self._var, mean, var) <= jeffreys(
-            window.mean.double(), window.var.double(), mean, var)
+        from_clean = jeffreys(self._mean, self._var, mean, var)
+        if self.config.frame_source:
+            window_mean, window_var, window_clean = fast
+            if window_clean or from_clean <= jeffreys(window_mean, window_var, mean, var):
+                return True
+        return typical and self._typical(from_clean)
 
     def looks_typical(self, stem: EarlyStats) -> bool:
         """Whether one frame's stem statistics are as close to the clean reference as a
@@ -233,43 +239,61 @@ class ShiftGate:
         a pack that has no 1-photo null). A weak witness on its own - some shifts, noise among
         them, leave most single frames that close - which the method combines with what it
         knows of the domain."""
-        if self.frame_threshold is None:
-            return False
-        return self._divergence([stem]) <= self.frame_threshold
+        return self._typical(self._from_clean(stem))
+
+    def _typical(self, clean_divergence: float) -> bool:
+        return self.frame_threshold is not None and clean_divergence <= self.frame_threshold
 
     def observe(self, stem: EarlyStats, entropy: float, rested: bool = False) -> str | None:
         """One classified frame (its stem statistics and prediction entropy, classified in the
         current state, or by the source model though adapting when ``rested``:
         :meth:`nearer_source`); the event it caused, if any."""
         with self._lock:
-            adapting = self.adapting and not rested
-            self._frames.append(_Frame(stem, float(entropy), not adapting))
-            self.frames_adapting += adapting
-            self.frames_resting += self._adapting and not adapting
-            self._since_test += 1
-            self._since_event += 1
-            if self._adapting and self._since_event == self.config.window:
-                return SETTLED
-            if self._adapting and self._reason == ENTROPY:
-                self._since_probe += 1
-                if self._since_probe >= self.config.probe_every:
-                    self._adapting, self._probing, self._since_probe = False, True, 0
-                    self._resting = False
-                    self._frames.clear()
-                    self._since_test = 0
-                    return PROBE
-            if len(self._frames) < self.config.window or self._since_test < self.config.hop:
-                return None
-            self._since_test = 0
-            return self._test()
+            event = self._observe(stem, entropy, rested)
+            self._fast = self._fast_frames() if self._adapting else None
+            return event
+
+    def _observe(self, stem: EarlyStats, entropy: float, rested: bool) -> str | None:
+        adapting = self.adapting and not rested
+        self._frames.append(_Frame(stem, float(entropy), not adapting))
+        self.frames_adapting += adapting
+        self.frames_resting += self._adapting and not adapting
+        self._since_test += 1
+        self._since_event += 1
+        if self._adapting and self._since_event == self.config.window:
+            return SETTLED
+        if self._adapting and self._reason == ENTROPY:
+            self._since_probe += 1
+            if self._since_probe >= self.config.probe_every:
+                self._adapting, self._probing, self._since_probe = False, True, 0
+                self._resting = False
+                self._frames.clear()
+                self._since_test = 0
+                return PROBE
+        if len(self._frames) < self.config.window or self._since_test < self.config.hop:
+            return None
+        self._since_test = 0
+        return self._test()
 
     def _recent(self, frames: int, skip: int = 0) -> list[EarlyStats]:
         recent = list(self._frames)
         return [f.stem for f in recent[len(recent) - frames - skip:len(recent) - skip]]
 
     def _divergence(self, frames: list[EarlyStats]) -> float:
-        pooled = _pooled(frames)
-        return jeffreys(self._mean, self._var, pooled.mean.double(), pooled.var.double())
+        return self._from_clean(_pooled(frames))
+
+    def _from_clean(self, stats: EarlyStats) -> float:
+        return jeffreys(self._mean, self._var, stats.mean.double(), stats.var.double())
+
+    def _fast_frames(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The newest ``fast_window`` frames' pooled stem mean and variance, and whether they
+        look clean (the resting test: open on the stem test, below the ``close_quantile`` of
+        clean windows of that size)."""
+        pooled = _pooled(self._recent(self.config.fast_window))
+        mean, var = pooled.mean.double(), pooled.var.double()
+        clean = self.config.fast_source and self._reason == STEM and \
+            jeffreys(self._mean, self._var, mean, var) <= self.source_threshold
+        return mean, var, clean
 
     def _test(self) -> str | None:
         self.tests += 1
@@ -312,8 +336,7 @@ class ShiftGate:
             return CLOSED
         self._keys.append(_key(current))
         fast = self.config.fast_window
-        self._resting = self._may_rest() and \
-            self._divergence(current[-fast:]) <= self.source_threshold
+        self._resting = self._fast_frames()[2]
         if not self.config.change_test or self._since_event < window + fast:
             return None
         # fast: the newest few frames against the window before them - a strong change
@@ -330,9 +353,6 @@ class ShiftGate:
         self._since_event = 0
         self._keep_adapted_key()
         return CHANGED
-
-    def _may_rest(self) -> bool:
-        return self.config.fast_source and self._reason == STEM
 
     def _keep_adapted_key(self) -> None:
         """The domain that ended, as a window before its end (its last frames still in it):

@@ -506,12 +506,10 @@ class ZOA(AdaptMethod):
 
     def _rest_if_nearer_source(self, early: EarlyStats, frames: int) -> None:
         """Stem hook of an adapting prediction: frames nearer the clean reference than the
-        gate's newest few frames (:meth:`ShiftGate.nearer_source`), or as close to it as a
-        typical clean photo while the source model is confident (:meth:`_source_confident`),
-        go on as the source model's, bit for bit as while the gate is closed, and are not
-        folded."""
-        if self.gate.nearer_source(early) or (self._source_confident()
-                                               and self.gate.looks_typical(early)):
+        gate's newest few frames, or as close to it as a typical clean photo while the source
+        model is confident (:meth:`ShiftGate.nearer_source`, :meth:`_source_confident`), go on
+        as the source model's, bit for bit as while the gate is closed, and are not folded."""
+        if self.gate.nearer_source(early, typical=self._source_confident()):
             ctx = self.store.context()
             ctx.params, ctx.norm, ctx.frame_sink = self._initial, self._source_norm, None
 
