@@ -79,6 +79,7 @@ class Client:
         self.lock = threading.Condition()
         self.results: dict[str, list[dict]] = {"/": [], "/c/": []}
         self.status: dict[str, Any] = {}
+        self.published: dict[str, float] = {}   # status name -> its message's stamp (s)
         self.labels: list[str] | None = None
         for ns in self.results:
             self.node.create_subscription(String, f"{ns}classification_json",
@@ -104,6 +105,7 @@ class Client:
         with self.lock:
             for status in msg.status:
                 self.status[status.name] = status
+                self.published[status.name] = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             self.lock.notify_all()
 
     def _on_labels(self, msg: String) -> None:
@@ -129,11 +131,14 @@ class Client:
                     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
                 self.lock.wait(min(left, 0.1))
 
-    def diag(self, name: str, timeout: float = 10.0) -> dict[str, str]:
-        """Values of the next status ``name`` published from now on."""
+    def diag(self, name: str, timeout: float = 10.0, since: float | None = None) -> dict[str, str]:
+        """Values of the next status ``name`` received from now on; with ``since`` (wall-clock
+        seconds), the next one the node stamped at or after it, not one that was queued."""
         with self.lock:
             self.status.pop(name, None)
-        status = self.wait(lambda: self.status.get(name), timeout, f"diagnostics {name}")
+        status = self.wait(lambda: self.status.get(name) if since is None or
+                           self.published.get(name, 0.0) >= since else None,
+                           timeout, f"diagnostics {name}")
         return {**values_of(status), "_message": status.message, "_level": status.level}
 
     # ---- topics and services ----
@@ -420,12 +425,15 @@ def test_adaptation_runs_and_set_adaptation_false_stops_it(setup) -> None:
                  lambda: int(values_of(c.status[name])["adaptation_steps"]) > steps0,
                  timeout=60, period=0.08)
     response = c.call(SetBool, "/zoa_node/set_adaptation", SetBool.Request(data=False))
+    switched = time.time()   # the node's clock is the wall clock here (no sim time yet)
     assert response.success and response.message == "adaptation off"
     assert c.get_params("/zoa_node", ["adaptation.enabled"]) == {"adaptation.enabled": False}
-    readings = [c.diag(name) for _ in range(3)]   # a step already running may still finish
+    # statuses the node published after the switch (one queued from before it says "on"); a
+    # step already running may still finish
+    readings = [c.diag(name, since=switched) for _ in range(3)]
     while len({r["adaptation_steps"] for r in readings[-3:]}) > 1:
         assert len(readings) < 40, "adaptation steps keep increasing while disabled"
-        readings.append(c.diag(name))
+        readings.append(c.diag(name, since=switched))
     frozen = readings[-1]
     assert frozen["adaptation_enabled"] == "false"
     sent = len(c.results["/"])

@@ -815,8 +815,8 @@ class ZoaNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         thresholds = Thresholds(self.p("diagnostics.stale_input_s"),
                                 self.p("diagnostics.max_latency_ms"))
-        self._diag_pub.publish(self._tracker.message(
-            self.snapshot(), thresholds, self.get_clock().now().to_msg()))
+        stamp = self.get_clock().now().to_msg()   # before the snapshot: its values are newer
+        self._diag_pub.publish(self._tracker.message(self.snapshot(), thresholds, stamp))
 
 
 def _expand(text: str) -> str:
