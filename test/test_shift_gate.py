@@ -249,6 +249,32 @@ def test_a_shift_the_model_shrugs_off_keeps_the_source_model(lite0) -> None:
     assert bright["deep_trust"] == 0.0
 
 
+def test_a_typical_frame_waits_for_a_step_to_measure_the_source_model(lite0, monkeypatch) -> None:
+    """The typical-frame rule alone (the other rests off): brightness@5 opens the gate, and a
+    frame of it as close to clean as a typical photo goes to the source model only once a step
+    of the domain has measured the source model confident (deep trust 0); before that step it
+    is classified adapted, since a noise domain's single frames can look as typical."""
+    calls: list[tuple[bool, bool, bool]] = []   # (typical asked, looks typical, rested)
+    nearer_source = ShiftGate.nearer_source
+
+    def recorded(gate: ShiftGate, stem: EarlyStats, typical: bool = False) -> bool:
+        rested = nearer_source(gate, stem, typical=typical)
+        calls.append((typical, gate.looks_typical(stem), rested))
+        return rested
+
+    monkeypatch.setattr(ShiftGate, "nearer_source", recorded)
+    zoa = _evaluate(lite0, "clean:32,brightness@5:160", gate_fast_source=False,
+                    gate_frame_source=False)["methods"]["zoa"]
+    assert zoa["costs"]["adapt_steps"] > 0 and zoa["domains"][1]["deep_trust"] == 0.0
+    waited = calls[:next(i for i, (typical, _, _) in enumerate(calls) if typical)]
+    assert waited and not any(rested for _, _, rested in waited)
+    assert any(looks for _, looks, _ in waited)   # typical-looking frames that had to wait
+    after = calls[len(waited):]
+    assert all(typical for typical, _, _ in after)
+    assert all(rested == looks for _, looks, rested in after)
+    assert any(rested for _, _, rested in after)
+
+
 def test_clean_frames_after_a_strong_shift_get_the_source_model_from_the_first(lite0) -> None:
     """Each clean frame after contrast@5 is nearer the clean reference than the gate's newest
     frames of contrast: the source model classifies it, before any window or test says the shift
