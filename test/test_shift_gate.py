@@ -16,6 +16,7 @@ from zoa_ros.core.adapt.shift_gate import (
     GateConfig,
     ShiftGate,
 )
+from zoa_ros.core.adapt.zoa import ZOA, measured_frames
 from zoa_ros.core.data.domain_schedule import parse_schedule
 from zoa_ros.core.data.stream import CorruptionStream
 from zoa_ros.core.data.stream_order import StreamOrder
@@ -273,6 +274,47 @@ def test_a_typical_frame_waits_for_a_step_to_measure_the_source_model(lite0, mon
     assert all(typical for typical, _, _ in after)
     assert all(rested == looks for _, looks, rested in after)
     assert any(rested for _, _, rested in after)
+
+
+def test_the_deep_trust_is_measured_on_the_current_domain_only() -> None:
+    assert measured_frames(64, 8).tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
+    assert measured_frames(64, 8, current=16).tolist() == [48, 50, 52, 54, 57, 59, 61, 63]
+    assert measured_frames(64, 8, current=5).tolist() == [59, 60, 61, 62, 63]
+    assert measured_frames(64, 8, current=3) is None      # the previous domain would decide
+    assert measured_frames(64, 8, current=500).tolist() == measured_frames(64, 8).tolist()
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_new_domain_is_measured_from_its_first_frames(lite0, monkeypatch, early: bool) -> None:
+    """``early_measure``: once twice the gate's fast window (16 frames) of the domain it opened
+    on are in, a step runs before the engine's interval (96 frames here; the gate opens ~20
+    frames into contrast) is up, and measures the source model on them; without it the first
+    step comes at the interval."""
+    first: list[tuple[int, int]] = []   # (frames classified, of them since the opening)
+    adapt = ZOA.adapt
+
+    def recorded(zoa: ZOA, x: torch.Tensor, cached: object = None) -> object:
+        gate = zoa.gate
+        if gate.openings and not first:
+            first.append((zoa.costs.frames_predicted, gate.frames_adapting + gate.frames_resting))
+        return adapt(zoa, x, cached)
+
+    monkeypatch.setattr(ZOA, "adapt", recorded)
+    pack, crops, labels = lite0
+    stream = CorruptionStream(crops, labels, range(len(crops)),
+                              visits=parse_schedule("clean:32,contrast@5:96"),
+                              stream_order=StreamOrder.parse("class-sorted"), dwell=4, seed=0)
+    zoa = evaluate(pack, stream, ["zoa"], mode="streaming", batch_size=96,
+                   method_configs={"zoa": {"early_measure": early}},
+                   progress=False)["methods"]["zoa"]
+    assert zoa["gate"]["openings"] == 1 and first
+    (frames, since_opening), = first
+    if early:
+        assert 16 <= since_opening <= 17 and frames < 96, first
+        # measured on contrast's frames alone: it confuses the source model
+        assert zoa["domains"][1]["deep_trust"] > 0.0
+    else:
+        assert frames == 96 and since_opening > 17, first
 
 
 def test_clean_frames_after_a_strong_shift_get_the_source_model_from_the_first(lite0) -> None:

@@ -455,7 +455,8 @@ class Engine:
     def maybe_adapt(self, *, force: bool = False) -> AdaptReport | None:
         """One adaptation step on the buffer if one is due; ``None`` otherwise.
 
-        Due = ``interval_frames`` frames observed since the last step (or ``force``) and
+        Due = ``interval_frames`` frames observed since the last step (or ``force``, or the
+        method's :attr:`~zoa_ros.core.adapt.base.AdaptMethod.step_wanted`) and
         ``min_period_s`` passed since the last step (ignored with ``force``). Fewer than
         ``min_frames`` buffered: the step is skipped and counted, the frames stay buffered.
         Returns ``None`` at once if another thread is adapting.
@@ -519,8 +520,11 @@ class Engine:
 
     def _take_batch(self, force: bool) -> list[_Buffered] | None:
         with self._lock:
-            if not self._enabled or (self._since_adapt < self.config.interval and not force):
+            early = self._since_adapt < self.config.interval and not force
+            if not self._enabled or (early and not self.method.step_wanted):
                 return None
+            if early and len(self._buffer) < self.config.min_frames:
+                return None   # asked for early: wait for the frames, uncounted
             now = self.clock()
             if (not force and self._last_adapt_at is not None
                     and now - self._last_adapt_at < self.config.min_period_s):

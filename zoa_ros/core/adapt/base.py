@@ -106,6 +106,13 @@ class AdaptMethod(ABC):
         observation, e.g. ZOA's shift gate): a replay then goes frame by frame (default: no)."""
         return False
 
+    @property
+    def step_wanted(self) -> bool:
+        """Whether the method asks for an adaptation step before ``interval_frames`` frames
+        are in (ZOA: a new domain's first measurement); the engine runs one when it may
+        (default: never)."""
+        return False
+
     def observing(self) -> AbstractContextManager:
         """Context in which predictions may update stream-following state (default: none)."""
         return nullcontext()

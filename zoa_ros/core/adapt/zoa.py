@@ -174,6 +174,8 @@ class ZOAConfig(StatsConfig):
     deep_entropy_span: float = 1.5      # full deep trust at this many times the gate's clean
     #                                     entropy threshold
     entropy_samples: int = 8            # frames of each step's batch the source model classifies
+    early_measure: bool = True          # ... of the current domain only, and a first step
+    #                                     once 2 * gate_fast_window frames of it are in
     stats_depth: float = 1.0            # share of the BatchNorms (first in module order) that
     #                                     normalise single frames with test statistics
     layers: str | list[str] = "auto"
@@ -323,6 +325,7 @@ class ZOA(AdaptMethod):
         self._deep_from = deep if self._stem_trust and deep < len(self.bn_names) else None
         self.deep_trust = 0.0         # 0: deep layers keep the source statistics; 1: as shallow
         self._deep_measured = False   # deep_trust measured by a step since the last event
+        self._since_event = 0         # frames observed since the gate opened or changed
         # early recall: looking a new domain up until it settles, and what it recalled
         self._seeking = False
         self._early: BnStats | None = None
@@ -354,6 +357,15 @@ class ZOA(AdaptMethod):
     @property
     def observes_frame_by_frame(self) -> bool:
         return self.gate is not None   # the gate's windows and tests count frames
+
+    @property
+    def step_wanted(self) -> bool:
+        """``early_measure``: the domain the gate opened or changed to has had twice the gate's
+        fast window of frames, and no step has measured the source model on it yet."""
+        gate = self.gate
+        return (self.cfg.early_measure and self._deep_from is not None and gate is not None
+                and gate.adapting and not self._deep_measured
+                and self._since_event >= 2 * gate.config.fast_window)
 
     @property
     def layer_names(self) -> list[str]:
@@ -478,11 +490,14 @@ class ZOA(AdaptMethod):
 
     def _measure_deep_trust(self, x: torch.Tensor) -> None:
         """How much the shift hurts the source model, from its mean prediction entropy on
-        ``entropy_samples`` frames of a step's batch spread over it: 0 up to the gate's clean
+        ``entropy_samples`` frames of a step's batch spread over it (with ``early_measure`` over
+        its frames of the current domain: :func:`measured_frames`): 0 up to the gate's clean
         entropy threshold, 1 at ``deep_entropy_span`` times it, log-linear between. Applied at
         the next recomputation of the normalisation."""
-        k = min(self.cfg.entropy_samples, x.shape[0])
-        picked = torch.linspace(0, x.shape[0] - 1, k).round().long()
+        picked = measured_frames(x.shape[0], self.cfg.entropy_samples,
+                                 self._since_event if self.cfg.early_measure else None)
+        if picked is None:
+            return      # too few of the current domain's frames yet: keep the last measurement
         rec = self._forward(x[picked], self._initial, self._source_norm)
         self.deep_trust = log_ramp(float(entropy(rec.logits).mean()),
                                    self.gate.entropy_threshold, self.cfg.deep_entropy_span)
@@ -528,6 +543,7 @@ class ZOA(AdaptMethod):
         gate = self.gate
         tests = gate.tests
         event = gate.observe(stem, float(entropy(logits).mean()), rested)
+        self._since_event += logits.shape[0]
         if gate.tests != tests and gate.open:   # each test while adapting: the history
             self._history.append((gate.key(), self.store.published.bn_stats))
             level, d = self._shift_level, gate.last_divergence
@@ -545,7 +561,7 @@ class ZOA(AdaptMethod):
         if event == OPENED:   # from the source model: nothing ended; the deep layers keep the
             self.deep_trust, self._ended = 0.0, None   # source statistics until a step measures
         if event in (OPENED, CHANGED):
-            self._deep_measured = False
+            self._deep_measured, self._since_event = False, 0
             self._shift_level = gate.last_divergence
             self._enter_domain()
             self._seeking = self.recall is not None and self.cfg.early_recall
@@ -845,7 +861,7 @@ class ZOA(AdaptMethod):
             if self.gate is not None:
                 self.gate.reset()
             self._since_norm, self.source_share, self.deep_trust = 0, 1.0, 0.0
-            self._deep_measured = False
+            self._deep_measured, self._since_event = False, 0
             self._seeking, self._early, self._ended = False, None, None
             self.early_recalls = self.undone_recalls = 0
             self._history.clear()
@@ -971,6 +987,17 @@ def _non_finite_parameters(params: ParamSet) -> str:
         named[f"bn_stats[{i}].mean"], named[f"bn_stats[{i}].var"] = mean, var
     bad = [name for name, t in named.items() if t is not None and not torch.isfinite(t).all()]
     return f"non-finite parameters ({', '.join(bad)})" if bad else ""
+
+
+def measured_frames(batch: int, samples: int, current: int | None = None) -> torch.Tensor | None:
+    """Indices of the frames of a step's batch (oldest first) the source model classifies to
+    measure the deep trust: ``samples`` spread evenly over the batch or, when ``current`` says
+    how many of the newest frames belong to the current domain, over those alone; ``None``
+    while fewer than half of ``samples`` do (the previous domain's frames would decide)."""
+    n = batch if current is None else min(batch, current)
+    if n < max(1, samples // 2):
+        return None
+    return torch.linspace(batch - n, batch - 1, min(samples, n)).round().long()
 
 
 def _num(value: float | None) -> str:
