@@ -12,7 +12,8 @@ Threads: subscription callbacks only check headers and put the message into its 
 newest-frame slot (:mod:`.frame_slot`); one inference thread converts and classifies the newest
 frames (``Engine.predict(observe=True)``) and publishes; the process's main thread, at idle
 priority, calls ``Engine.maybe_adapt()`` when woken (every ``adaptation.interval_frames`` frames,
-at most every ``adaptation.min_period_s`` of node time), so a step never blocks classification
+or sooner when ZOA asks to measure a new domain, at most every ``adaptation.min_period_s`` of
+node time), so a step never blocks classification
 (:mod:`.adaptation_worker`: why the main thread); a thread of normal priority runs autostart,
 signals and shutdown.
 
