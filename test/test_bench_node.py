@@ -184,7 +184,7 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
     result = subprocess.run(
         # 10 Hz: room for the model alongside the node between frames on a busy machine too
         [CLI, "bench", "node", "--pack", str(pack), "--seconds", "3", "--warmup", "0.5",
-         "--rate", "10",
+         "--rate", "10", "--domain", "contrast@5",   # a shift: the gate opens, steps run
          "--model-runs", "10", "--blocks", "2", "--domain-id", str(201 + os.getpid() % 31),
          # answers and steps within 3 s even when other jobs keep both CPUs busy (the default
          # one inference thread helps there too): small batches, and nice instead of
@@ -241,6 +241,10 @@ def test_bench_node_json(make_pack, tmp_path: Path) -> None:
         assert node["classified"] >= c["answered"] - 1   # counters lag by at most one frame
     assert all(c["node"]["adaptation_steps"] == 0 for c in conditions[:2])
     assert sum(c["node"]["adaptation_steps"] for c in conditions[2:]) > 0
+    assert report["settings"]["domain"] == "contrast@5"
+    assert all(c["node"]["frames_adapting"] == 0 for c in conditions[:2])   # no gate observes
+    assert sum(c["node"]["frames_adapting"] for c in conditions[2:]) > 0    # the adapting path
+    assert "/on: the shift gate adapted on" in result.stdout
     by = {(c["size"], c["adaptation"]): c for c in conditions}
     for size, r in report["ratios"].items():
         off, on = by[(size, "off")], by[(size, "on")]

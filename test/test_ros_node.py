@@ -682,10 +682,12 @@ def test_diagnostics_report_everything(setup) -> None:
     for key in ("state", "health", "reasons", "frames_classified", "inference_latency_p50_ms",
                 "inference_latency_p99_ms", "malformed_messages", "dropped_frames",
                 "adaptation_enabled", "adaptation_steps", "last_step_ms", "adaptation_paused_s",
-                "domain_changes",
+                "domain_changes", "shift_gate", "shift_gate_openings", "frames_adapting",
                 "bank_entries", "bank_bytes", "statistics_memory_entries",
                 "statistics_recalls", "resets"):
         assert key in main, key
+    assert main["shift_gate"] in ("closed", "adapting", "resting", "")   # "": no gate
+    assert int(main["frames_adapting"]) >= 0 and int(main["shift_gate_openings"]) >= 0
     assert main["state"] == "active" and float(main["inference_latency_p99_ms"]) > 0
     assert float(main["last_step_ms"]) > 0 and int(main["adaptation_steps"]) > 0
     cam = c.diag("/zoa_node: camera image")

@@ -213,6 +213,9 @@ class EngineStats:
     stats_frames_dropped: int = 0   # observed frames never folded (replays fell behind)
     stats_frames_replayed: int = 0  # observed frames replayed on the torch reference
     replay_ms_per_frame: float = 0.0    # that replay + handing the result to the backend
+    shift_gate: str = ""        # ZOA's shift gate: closed | adapting | resting ("" without one)
+    gate_openings: int = 0      # times it opened
+    frames_gate_adapting: int = 0   # frames it observed while adapting
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -661,6 +664,7 @@ class Engine:
     def stats(self) -> EngineStats:
         costs = self.method.costs
         bank = self.method.bank_summary()
+        gate = bank.get("gate") or {}
         with self._lock:
             c = self._counts
             frames, steps, calls = c["frames"], c["adapt_steps"], c["predict_calls"]
@@ -687,7 +691,9 @@ class Engine:
                 stats_frames_dropped=c["stats_frames_dropped"],
                 stats_frames_replayed=c["stats_frames_replayed"],
                 replay_ms_per_frame=self._replay_ms_total / c["stats_frames_replayed"]
-                if c["stats_frames_replayed"] else 0.0)
+                if c["stats_frames_replayed"] else 0.0,
+                shift_gate=gate_state(gate), gate_openings=int(gate.get("openings", 0)),
+                frames_gate_adapting=int(gate.get("frames_adapting", 0)))
 
     def close(self) -> None:
         """Remove the engine's hook from the model."""
@@ -697,3 +703,12 @@ class Engine:
         if inputs and isinstance(inputs[0], torch.Tensor):
             with self._lock:
                 self._counts["samples_forwarded"] += int(inputs[0].shape[0])
+
+
+def gate_state(gate: dict) -> str:
+    """A shift gate's summary as one word: closed, adapting or resting ("" without a gate)."""
+    if not gate:
+        return ""
+    if not gate.get("open"):
+        return "closed"
+    return "adapting" if gate.get("adapting") else "resting"

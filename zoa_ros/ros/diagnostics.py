@@ -87,6 +87,9 @@ class Snapshot:
     stats_frames_replayed: int = 0     # int8 runtime: observed frames replayed for statistics
     stats_frames_dropped: int = 0      # ... and those the adaptation thread never got to
     backend_warning: str = ""          # why inference.backend auto did not pick the int8 runtime
+    shift_gate: str = ""               # ZOA's shift gate: closed | adapting | resting
+    gate_openings: int = 0
+    frames_gate_adapting: int = 0      # frames classified while the gate adapted
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,9 @@ class DiagnosticsTracker:
             "threads_stopped": ", ".join(n for n, alive in snap.threads.items() if not alive),
             "last_step_ms": _fmt(snap.last_step_ms),
             "adaptation_paused_s": _fmt(snap.adaptation_paused_s),
+            "shift_gate": snap.shift_gate,
+            "shift_gate_openings": snap.gate_openings,
+            "frames_adapting": snap.frames_gate_adapting,
             "domain_changes": snap.domain_changes,
             "domain": snap.domain,
             "bank_entries": snap.bank_entries,

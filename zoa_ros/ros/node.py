@@ -800,6 +800,8 @@ class ZoaNode(LifecycleNode):
             snap.stats_frames_replayed = stats.stats_frames_replayed
             snap.stats_frames_dropped = stats.stats_frames_dropped
             snap.backend_warning = engine.backend_warning or ""
+            snap.shift_gate, snap.gate_openings = stats.shift_gate, stats.gate_openings
+            snap.frames_gate_adapting = stats.frames_gate_adapting
         return snap
 
     def _thread_states(self) -> dict[str, bool]:

@@ -3,7 +3,8 @@ the bare model's own latency, all measured in one run on this machine.
 
 ``zoa_node`` runs as its own process with the shipped ``config/zoa.yaml`` and the Fast DDS
 large-image profile; this process publishes rgb8 frames (the photos bundled with scikit-image,
-resized) with sensor-data QoS at ``--rate`` Hz and subscribes to ``classification_json``.
+resized; ``--domain NAME@S`` corrupts them, e.g. ``contrast@5``) with sensor-data QoS at ``--rate``
+Hz and subscribes to ``classification_json``.
 Latency = the arrival of a result here minus the header stamp of the frame it answers (matched
 by the stamp in the JSON; one clock). The stamp is taken just before the prebuilt message goes
 out, and the arrival is the result's DDS reception time in this process (rmw_fastrtps reports
@@ -15,7 +16,10 @@ its callback.
 
 Conditions: every size x adaptation off / on (one node process per setting: ``adaptation.enabled``
 false / true, everything else from the config, so "on" is the default ZOA method with the
-config's interval). Each condition: the model's latency (``Engine.predict`` on one frame of that
+config's interval; with ZOA's shift gate it adapts only on input the gate takes as shifted, so
+clean frames time the closed gate and ``--domain`` a shifted camera times the adapting path:
+per-frame hooks, early and regular steps; the report gives the frames it adapted on). Each
+condition: the model's latency (``Engine.predict`` on one frame of that
 size, the node's per-frame computation, in this process while no frames flow, from one worker
 thread with ``inference.threads`` CPU threads and every other thread of this process on one, as
 the node runs its inference (see :mod:`zoa_ros.core.runtime.threads`)), a warm-up stream that is not
@@ -78,6 +82,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default="224x224,640x480", help="WxH,... rgb8 frame sizes")
     p.add_argument("--frames-source", default="photos",
                    help="'photos' (the scikit-image sample photos) or an image folder")
+    p.add_argument("--domain", default="clean",
+                   help="what the camera shows: 'clean', or CORRUPTION@SEVERITY (e.g. "
+                        "contrast@5) to time the node while its shift gate adapts")
     p.add_argument("--model-runs", type=int, default=100,
                    help="Engine.predict calls per condition for the model's latency")
     p.add_argument("--blocks", type=int, default=4,
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     pack_path = resolve_pack(args.pack, args.quant)
     if not pack_path.is_file():
         raise FileNotFoundError(f"no such pack: {pack_path}")
-    frames = {size: frames_at(args.frames_source, size) for size in sizes}
+    frames = {size: frames_at(args.frames_source, size, args.domain) for size in sizes}
     with isolated_graph(out, args.domain_id) as env:
         try:
             report = Bench(args, out, pack_path.resolve(), frames, extra, env).run()

@@ -119,9 +119,19 @@ def model_latency(predict: Callable[[np.ndarray], object], frames: Sequence[np.n
     return times
 
 
-def frames_at(source: str, size: tuple[int, int]) -> list[np.ndarray]:
-    """uint8 HxWx3 RGB frames of ``size`` (w, h) from the sample photos or an image folder."""
+def frames_at(source: str, size: tuple[int, int], domain: str = "clean"
+              ) -> list[np.ndarray]:
+    """uint8 HxWx3 RGB frames of ``size`` (w, h) from the sample photos or an image folder,
+    under ``domain`` (``clean`` or ``CORRUPTION@SEVERITY``, e.g. ``contrast@5``)."""
+    from zoa_ros.core.data.domain_schedule import parse_schedule
     from zoa_ros.ros.virtual_camera import render_frames
+
+    try:
+        visit = parse_schedule(f"{domain}:1")[0]
+    except ValueError as e:
+        raise ValueError(f"--domain {domain!r}: {e}") from None
+    if visit.domain != "clean" and visit.severity is None:
+        raise ValueError(f"--domain {domain!r}: give the severity, e.g. {domain}@5")
 
     if source == "photos":
         from zoa_ros.core.files.sample_photos import PHOTOS, load_photo
@@ -134,8 +144,8 @@ def frames_at(source: str, size: tuple[int, int]) -> list[np.ndarray]:
         images = [read_rgb(p) for p in find_images(folder)[:32]]
         if not images:
             raise ValueError(f"--frames-source: no images in {source}")
-    rendered = render_frames(images, {"clean"}, size, severity=1)
-    return [rendered[("clean", i)] for i in range(len(images))]
+    rendered = render_frames(images, {visit.domain}, size, severity=visit.severity or 1)
+    return [rendered[(visit.domain, i)] for i in range(len(images))]
 
 
 def node_params(extra: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,7 @@ def format_report(report: dict) -> str:
                          f"shares of {c['size']}/{c['adaptation']}: the machine's speed or "
                          f"other load changed meanwhile")
         lines.extend(_alongside_note(c))
+        lines.extend(_gate_note(c))
     lines.append("")
     for size, r in report["ratios"].items():
         lines.append(f"{size}: node p50 / model p50 (adaptation off; the model "
@@ -150,11 +151,28 @@ def format_report(report: dict) -> str:
             f"adaptation {k} {_num(v, 0, 0)} MiB" for k, v in rss.items()))
     lines.append(f"pack {s['pack']} on {s.get('inference_backend', 'torch')}; "
                  f"{s['rate_hz']:g} Hz, {s['seconds']:g} s per condition "
-                 f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}; malloc "
+                 f"(+{s['warmup_s']:g} s warm-up); frames: {s['frames_source']}, "
+                 f"{s.get('domain', 'clean')}; malloc "
                  f"thresholds (node and model): "
                  f"{'raised' if s['keep_freed_memory'] else 'glibc defaults'}; node "
                  f"log {s['node_logs']}")
     return "\n".join(lines)
+
+
+def _gate_note(c: dict) -> list[str]:
+    """How much of an adapting condition's measured window the node's shift gate adapted on:
+    the p99 target times the adapting path only where it did."""
+    node = c["node"] or {}
+    if c["adaptation"] != "on" or "frames_adapting" not in node:
+        return []
+    adapting, classified = node["frames_adapting"], node.get("classified", 0)
+    note = (f"{c['size']}/on: the shift gate adapted on {adapting} of {classified} frames "
+            f"classified ({node.get('gate_openings', 0)} openings, "
+            f"{node.get('adaptation_steps', 0)} steps)")
+    if not adapting:
+        note += ": the adapting path was not timed (clean input keeps the gate closed; "
+        note += "--domain contrast@5 shows the node a shift)"
+    return [note]
 
 
 def _alongside_note(c: dict) -> list[str]:

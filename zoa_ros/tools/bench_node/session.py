@@ -192,7 +192,8 @@ class Bench:
             "node_peak_rss_mb": peak_rss,
             "settings": {"pack": str(self.pack_path), "rate_hz": a.rate, "seconds": a.seconds,
                          "warmup_s": a.warmup, "sizes": a.sizes,
-                         "frames_source": a.frames_source, "model_runs": a.model_runs,
+                         "frames_source": a.frames_source, "domain": a.domain,
+                         "model_runs": a.model_runs,
                          "blocks": a.blocks, "model_thread_cpus": model_cpus,
                          "model_alongside": a.model_alongside,
                          "encoding": "rgb8", "camera_qos": "sensor data (best effort)",
@@ -411,6 +412,8 @@ class Bench:
         return {"received": num("camera.received"), "classified": num("frames_classified"),
                 "dropped_in_slot": num("dropped_frames"), "malformed": num("malformed_messages"),
                 "adaptation_steps": num("adaptation_steps"),
+                "frames_adapting": num("frames_adapting"),
+                "gate_openings": num("shift_gate_openings"),
                 "adaptation_skipped": num("adaptation_skipped"),
                 "inference_errors": num("inference_errors"),
                 "last_step_ms": num("last_step_ms")}
