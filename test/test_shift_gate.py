@@ -126,7 +126,7 @@ def test_a_frame_nearer_the_clean_reference_than_the_window_gets_the_source_mode
     low = [_frame(0.2, 700 + i, shift=0.5) for i in range(40)]
     _run(gate, clean[:32])
     assert not gate.nearer_source(clean[32])             # closed: nothing to decide
-    assert _run(gate, low[:20])[:1] == [OPENED] and gate.adapting
+    assert _run(gate, low[:20])[:1] == [OPENED] and gate.adapting and gate.stem_sees
     assert gate.nearer_source(clean[33]) and not gate.nearer_source(low[20])
     # a rested frame counts as the source model's (resting, not adapting)
     adapting, resting = gate.frames_adapting, gate.frames_resting
@@ -175,7 +175,7 @@ def test_an_entropy_shift_opens_and_is_probed() -> None:
     assert _run(gate, clean[:32], entropy=1.05) == []
     # the stem sees nothing, the source model is lost: opened by the entropy test
     assert _run(gate, clean[32:48], entropy=5.0) == [OPENED]
-    assert gate.summary()["reason"] == ENTROPY
+    assert gate.summary()["reason"] == ENTROPY and gate.adapting and not gate.stem_sees
     # the stem cannot say when it ends: after probe_every frames a probe window runs on the
     # source model; still lost -> resumed, confident again -> closed
     assert _run(gate, clean[48:100], entropy=5.0) == [SETTLED, PROBE, RESUMED]
@@ -229,6 +229,19 @@ def test_a_strong_shift_still_opens_the_gate_and_gains(lite0) -> None:
     assert contrast["acc"] >= none["domains"][1]["acc"] + 2.0
     # it confuses the source model: the deep BatchNorms trust the test statistics too
     assert contrast["deep_trust"] > 0.0
+
+
+def test_a_shift_only_the_entropy_shows_trusts_test_statistics(lite0) -> None:
+    """An elastic warp keeps the stem's statistics: the gate opens on the source model's
+    entropy, and every layer trusts test statistics as far as the shift confuses the source
+    model, not as far as the stem moved (not at all: the stem's ramp alone left the source
+    statistics in every layer)."""
+    result = _evaluate(lite0, "clean:32,elastic_transform@5:160")
+    zoa = result["methods"]["zoa"]
+    elastic = zoa["domains"][1]
+    assert zoa["gate"]["openings"] >= 1 and zoa["gate"]["reason"] == "entropy"
+    assert elastic["adapting"] > 0.0 and elastic["deep_trust"] > 0.0
+    assert elastic["source_share"] < 1.0
 
 
 def test_a_shift_the_model_shrugs_off_keeps_the_source_model(lite0) -> None:

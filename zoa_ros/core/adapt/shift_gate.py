@@ -182,6 +182,12 @@ class ShiftGate:
         return self._adapting and not self._resting
 
     @property
+    def stem_sees(self) -> bool:
+        """Whether the gate is open on a shift the stem statistics show (opened by the stem
+        test, or seen by it since); ``False`` for one only the source model's entropy showed."""
+        return self._adapting and self._reason == STEM
+
+    @property
     def open(self) -> bool:
         """Whether the input is taken as shifted (adapting, or resting on a few frames that
         look clean): the method keeps its domain's history and trust going."""

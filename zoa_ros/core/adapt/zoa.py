@@ -477,10 +477,16 @@ class ZOA(AdaptMethod):
 
     def _refresh_norm(self) -> None:
         """"stem" trust: every BatchNorm normalises with the source statistics and the running
-        estimate blended at the source share :meth:`_stem_share`; with ``deep_from`` the deep
+        estimate blended at the source share :meth:`_stem_share` (for a shift only the entropy
+        test saw, at most ``1 − (1 − stats_prior) · deep_trust``); with ``deep_from`` the deep
         ones at ``1 − (1 − w) · deep_trust`` (:meth:`_measure_deep_trust`)."""
         self._since_norm = 0
-        w = self.source_share = self._stem_share()
+        w = self._stem_share()
+        if not self.gate.stem_sees:
+            # a shift the stem statistics do not show (the gate opened on the source model's
+            # entropy): every layer trusts test statistics as far as the shift confuses it
+            w = min(w, 1.0 - (1.0 - self.cfg.stats_prior) * self.deep_trust)
+        self.source_share = w
         deep = 1.0 - (1.0 - w) * self.deep_trust
         first = len(self.bn_names) if self._deep_from is None else self._deep_from
         norm = tuple(blend_source(m, v, sm, sv, w if i < first else deep)

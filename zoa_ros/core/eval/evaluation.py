@@ -179,6 +179,8 @@ class _MethodRun:
             row["adapting"] = 100.0 * adapting / n
         if "deep_trust" in summary:     # ZOA's deep-layer trust at the segment's end
             row["deep_trust"] = summary["deep_trust"]
+        if "source_share" in summary:   # ... and the shallow layers' source share
+            row["source_share"] = summary["source_share"]
         self.domains.append(row)
         self.hits, self.agrees, self.entropy_sum = [], 0, 0.0
         return row
